@@ -1,0 +1,52 @@
+"""The ``vl-anomaly`` command line: ``predict``, ``demo``, ``list-models``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import VLAnomalyError
+from . import demo, predict
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from ..pretrained import get_pretrained_cfg
+    from ..registry import get_model_config, list_models
+
+    for name in list_models():
+        cfg = get_model_config(name)
+        record = get_pretrained_cfg(name)
+        source = "-" if record is None else (record.filename or record.hf_hub_id or "-")
+        print(f"{name:34s} family={cfg['family']:12s} weights={source}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vl-anomaly", description="Road anomaly segmentation (vl-anomaly)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="score maps, obstacle masks, overlays and obstacles for images/videos")
+    predict.add_arguments(p)
+    p.set_defaults(func=predict.main)
+    d = sub.add_parser("demo", help="the main job on real validation images from ../shared")
+    demo.add_arguments(d)
+    d.set_defaults(func=demo.main)
+    m = sub.add_parser("list-models", help="registered models and their weights")
+    m.set_defaults(func=_list_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (VLAnomalyError, FileNotFoundError) as exc:
+        print(f"vl-anomaly {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

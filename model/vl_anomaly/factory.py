@@ -1,0 +1,114 @@
+"""One entry point to build models and predictors by name.
+
+``weights`` semantics (``create_model`` and ``create_predictor``):
+
+* ``"default"``: the registered weights of that name (local file found and verified as described in
+  :mod:`vl_anomaly.pretrained`, or for transformers models the registered hub checkpoint);
+* ``None`` or ``"none"``: random initialisation (for tests and training from scratch; scores are meaningless);
+* a path: a ``.pth`` file (unpickled only if its SHA-256 matches the registered record), a ``.safetensors``
+  state dict (loaded with ``strict=True``), or a transformers checkpoint directory (Mask2Former).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import networks  # noqa: F401  (registers the network families)
+from .errors import ConfigError, WeightsError
+from .pipeline import AnomalyPredictor
+from .postprocess import PostprocessCfg
+from .preprocess import PreprocessCfg
+from .pretrained import get_pretrained_cfg, load_registered_state_dict
+from .registry import build_network, get_model_config
+from .scores import get_score
+
+_LOG = logging.getLogger(__name__)
+DEFAULT_MODEL = "espnetv2_s2.0_cityscapes"
+
+
+def _load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights {source} do not fit the architecture: {exc}") from exc
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"could not read safetensors file {path}: {exc}") from exc
+
+
+def create_model(name: str, weights: str | Path | None = "default", device: str = "cpu") -> nn.Module:
+    """Build registered model ``name`` with ``weights`` (see module docstring), in eval mode on ``device``.
+
+    The returned module maps ``(B, 3, H, W)`` network inputs to a :class:`~vl_anomaly.outputs.SegmenterOutput`.
+    """
+    cfg = get_model_config(name)
+    family = cfg["family"]
+    record = get_pretrained_cfg(name)
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+
+    if family == "mask2former" and weights is not None:
+        from .networks.mask2former import Mask2FormerSegmenter
+
+        if weights == "default":
+            if record is None or record.hf_hub_id is None:
+                raise WeightsError(f"model {name!r} has no registered checkpoint")
+            model = Mask2FormerSegmenter.from_pretrained(record.hf_hub_id, local_only=False)
+        elif Path(weights).is_dir():
+            model = Mask2FormerSegmenter.from_pretrained(weights, local_only=True)
+        else:
+            model = build_network(cfg)
+            _load_state_dict_strict(model, _load_safetensors(Path(weights)), str(weights))
+    else:
+        model = build_network(cfg)
+        if weights is None:
+            _LOG.warning("model %s uses random weights: its scores are meaningless", name)
+        elif weights == "default":
+            _load_state_dict_strict(model, load_registered_state_dict(name), f"registered for {name}")
+        else:
+            path = Path(weights).expanduser()
+            if path.suffix == ".safetensors":
+                _load_state_dict_strict(model, _load_safetensors(path), str(path))
+            elif path.suffix in (".pth", ".pt"):
+                _load_state_dict_strict(model, load_registered_state_dict(name, path), str(path))
+            else:
+                raise WeightsError(f"unsupported weights file {path}: use the registered .pth (verified by its "
+                                   "sha256) or a .safetensors state dict")
+    return model.to(device).eval()
+
+
+def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> PreprocessCfg:
+    """The pre-processing of a model's registered weights, optionally at another network input size."""
+    get_model_config(name)
+    record = get_pretrained_cfg(name)
+    cfg = record.preprocess if record is not None else PreprocessCfg()
+    return cfg.with_input_size(input_size)
+
+
+def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "default", score: str = "msp",
+                     threshold: float | None = None, device: str = "cpu",
+                     input_size: tuple[int, int] | None = None, min_area_px: int = 100,
+                     drivable_only: bool = False, drivable_margin_px: int = 20) -> AnomalyPredictor:
+    """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
+
+    ``threshold`` defaults to the score's documented default (:data:`vl_anomaly.scores.SCORES`).
+    """
+    spec = get_score(score)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    post = PostprocessCfg(threshold=spec.default_threshold if threshold is None else float(threshold),
+                          min_area_px=min_area_px, drivable_only=drivable_only,
+                          drivable_margin_px=drivable_margin_px)
+    model = create_model(name, weights=weights, device=device)
+    return AnomalyPredictor(model, get_preprocess_cfg(name, input_size), score=score, postprocess_cfg=post,
+                            device=device, name=name)

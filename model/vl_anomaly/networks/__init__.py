@@ -1,0 +1,24 @@
+"""Segmentation networks, one file per family; each registers its builder with the model registry."""
+
+from ..registry import register_family
+from .espnet import ESPNet
+from .espnetv2 import ESPNetv2
+from .mask2former import Mask2FormerSegmenter
+
+
+@register_family("espnet")
+def _build_espnet(**arch) -> ESPNet:
+    return ESPNet(**arch)
+
+
+@register_family("espnetv2")
+def _build_espnetv2(**arch) -> ESPNetv2:
+    return ESPNetv2(**arch)
+
+
+@register_family("mask2former")
+def _build_mask2former(num_classes: int = 19, **arch) -> Mask2FormerSegmenter:
+    return Mask2FormerSegmenter.from_config(arch, num_classes=num_classes)
+
+
+__all__ = ["ESPNet", "ESPNetv2", "Mask2FormerSegmenter"]

@@ -1,0 +1,113 @@
+"""The inference pipeline shared by ``vl-anomaly predict``, evaluation and the ROS 2 node.
+
+``image (H, W, 3) RGB uint8 → validate → preprocess → segmenter → score (h, w) → bilinear resize to (H, W)
+→ post-process → Prediction``.
+
+The score is computed at the network input resolution ``(h, w)`` and resized to the image resolution
+``(H, W)`` with bilinear interpolation (``align_corners=False``): that float32 map is *the* score map of the
+image, written by ``predict``, evaluated by ``eval`` and published by the node. The semantic map (train IDs)
+is the argmax at ``(h, w)`` resized with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import VLAnomalyError
+from .postprocess import Obstacle, PostprocessCfg, postprocess
+from .preprocess import PreprocessCfg, preprocess, validate_image
+from .scores import compute_score, get_score
+
+
+@dataclass
+class Prediction:
+    """Everything the pipeline produces for one image of ``H × W`` pixels.
+
+    Attributes:
+        score_map: ``(H, W)`` float32, higher = more anomalous, finite.
+        semantic: ``(H, W)`` uint8 Cityscapes train IDs (argmax of the class logits).
+        obstacle_mask: ``(H, W)`` bool, anomalous pixels in kept components.
+        obstacles: connected components with statistics.
+        drivable: ``(H, W)`` bool drivable region when the filter is on, else None.
+        timings_ms: per-stage wall time in milliseconds (``preprocess``, ``network``, ``score``,
+            ``postprocess``, ``total``).
+    """
+
+    score_map: np.ndarray
+    semantic: np.ndarray
+    obstacle_mask: np.ndarray
+    obstacles: list[Obstacle]
+    drivable: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class AnomalyPredictor:
+    """Runs one segmenter + one score + post-processing on single images.
+
+    Args:
+        model: a segmenter returning :class:`~vl_anomaly.outputs.SegmenterOutput` (eval mode is enforced).
+        preprocess_cfg: input pipeline of the model's weights.
+        score: score name (:data:`vl_anomaly.scores.SCORES`).
+        postprocess_cfg: threshold, minimum area, drivable-region filter.
+        device: torch device string (``cpu``, ``cuda``, ``cuda:1``).
+        name: model name, for reports.
+    """
+
+    def __init__(self, model: nn.Module, preprocess_cfg: PreprocessCfg, score: str = "msp",
+                 postprocess_cfg: PostprocessCfg | None = None, device: str = "cpu", name: str = "") -> None:
+        self.spec = get_score(score)
+        self.score_name = score
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess_cfg = preprocess_cfg
+        self.postprocess_cfg = postprocess_cfg or PostprocessCfg(threshold=self.spec.default_threshold)
+        self.name = name
+
+    @torch.inference_mode()
+    def score_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Score map and semantic map of one image.
+
+        Args: image ``(H, W, 3)`` RGB uint8 (or float in [0, 1]).
+        Returns: ``score_map (H, W) float32``, ``semantic (H, W) uint8``, stage timings in ms.
+        """
+        t0 = time.perf_counter()
+        rgb = validate_image(image)
+        height, width = rgb.shape[:2]
+        x = preprocess(rgb, self.preprocess_cfg, self.device)
+        t1 = time.perf_counter()
+        output = self.model(x)
+        t2 = time.perf_counter()
+        score = compute_score(self.score_name, output)                       # (1, h, w)
+        score = F.interpolate(score[:, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        semantic = output.logits.argmax(dim=1, keepdim=True).to(torch.uint8)  # (1, 1, h, w)
+        semantic = F.interpolate(semantic, size=(height, width), mode="nearest")[0, 0]
+        score_np = score.float().cpu().numpy()
+        if not np.isfinite(score_np).all():
+            raise VLAnomalyError(f"model {self.name!r} produced non-finite {self.score_name!r} scores "
+                                 "(corrupt weights or numerical overflow)")
+        t3 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
+        return score_np, semantic.cpu().numpy(), timings
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Full pipeline on one image ``(H, W, 3)`` RGB uint8 → :class:`Prediction`."""
+        t0 = time.perf_counter()
+        score_map, semantic, timings = self.score_image(image)
+        t1 = time.perf_counter()
+        mask, obstacles, drivable = postprocess(score_map, self.postprocess_cfg, semantic)
+        t2 = time.perf_counter()
+        timings["postprocess"] = (t2 - t1) * 1e3
+        timings["total"] = (t2 - t0) * 1e3
+        return Prediction(score_map=score_map, semantic=semantic, obstacle_mask=mask, obstacles=obstacles,
+                          drivable=drivable, timings_ms=timings)
+
+    def describe(self) -> dict:
+        """Settings of this predictor, for reports and summaries."""
+        return {"model": self.name, "score": self.score_name, "device": str(self.device),
+                "preprocess": self.preprocess_cfg.to_dict(), "postprocess": self.postprocess_cfg.to_dict()}

@@ -1,0 +1,156 @@
+"""From a score map to what a planner consumes: obstacle mask and obstacle list. Pure numpy/OpenCV.
+
+1. ``mask = score ≥ threshold``;
+2. optionally keep only the drivable region: predicted road/sidewalk with enclosed holes filled (an obstacle
+   on the road is *not* predicted road, but it is surrounded by road) and dilated by a margin in pixels;
+3. 8-connected components of at least ``min_area_px`` pixels become obstacles (smaller ones are removed from
+   the mask too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from .constants import DRIVABLE_CLASS_IDS
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PostprocessCfg:
+    """Post-processing parameters.
+
+    Attributes:
+        threshold: score at or above which a pixel is anomalous (score units).
+        min_area_px: smallest obstacle kept, in pixels of the output (input image) resolution.
+        drivable_only: keep anomalies only inside the drivable region.
+        drivable_classes: train IDs forming the drivable region (default road, sidewalk).
+        drivable_margin_px: dilation of the drivable region, in pixels.
+    """
+
+    threshold: float = 0.5
+    min_area_px: int = 100
+    drivable_only: bool = False
+    drivable_classes: tuple[int, ...] = DRIVABLE_CLASS_IDS
+    drivable_margin_px: int = 20
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.threshold):
+            raise ConfigError(f"threshold must be a finite number, got {self.threshold}")
+        if self.min_area_px < 1:
+            raise ConfigError(f"min_area_px must be ≥ 1, got {self.min_area_px}")
+        if self.drivable_margin_px < 0:
+            raise ConfigError(f"drivable_margin_px must be ≥ 0, got {self.drivable_margin_px}")
+        if not self.drivable_classes:
+            raise ConfigError("drivable_classes must name at least one class")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["drivable_classes"] = list(self.drivable_classes)
+        return out
+
+
+@dataclass
+class Obstacle:
+    """One connected anomalous region, in pixels of the input image.
+
+    Attributes:
+        id: 1-based index within the frame (ordered by decreasing area).
+        bbox: ``(x, y, width, height)``, x to the right, y down, top-left pixel inclusive.
+        area_px: number of pixels.
+        centroid: ``(x, y)`` mean pixel position.
+        mean_score, max_score: statistics of the score over the region's pixels.
+        ground: optional ground-plane position (filled by the ROS layer when a camera model is known).
+    """
+
+    id: int
+    bbox: tuple[int, int, int, int]
+    area_px: int
+    centroid: tuple[float, float]
+    mean_score: float
+    max_score: float
+    ground: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "bbox": list(self.bbox), "area_px": self.area_px,
+                "centroid": [round(self.centroid[0], 3), round(self.centroid[1], 3)],
+                "mean_score": self.mean_score, "max_score": self.max_score, **({"ground": self.ground}
+                                                                                 if self.ground else {})}
+
+
+def threshold_mask(score_map: np.ndarray, threshold: float) -> np.ndarray:
+    """``(H, W)`` float → ``(H, W)`` bool, ``score ≥ threshold``."""
+    return score_map >= threshold
+
+
+def drivable_region(semantic: np.ndarray, classes: tuple[int, ...] = DRIVABLE_CLASS_IDS,
+                    margin_px: int = 0) -> np.ndarray:
+    """Drivable region from a train-ID map ``(H, W)`` uint8 → ``(H, W)`` bool.
+
+    Pixels of ``classes``, plus every non-drivable region fully enclosed by them (4-connected regions not
+    touching the image border), dilated by a disc of radius ``margin_px``.
+    """
+    drivable = np.isin(semantic, classes)
+    outside = (~drivable).astype(np.uint8)
+    count, labels = cv2.connectedComponents(outside, connectivity=4)
+    if count > 1:
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        enclosed = np.ones(count, dtype=bool)
+        enclosed[0] = False
+        enclosed[border] = False
+        drivable |= enclosed[labels]
+    if margin_px > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+        drivable = cv2.dilate(drivable.astype(np.uint8), kernel).astype(bool)
+    return drivable
+
+
+def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int) -> tuple[np.ndarray, list[Obstacle]]:
+    """8-connected components of ``mask`` with at least ``min_area_px`` pixels.
+
+    Args:
+        mask: ``(H, W)`` bool candidate pixels.
+        score_map: ``(H, W)`` float32 scores for the statistics.
+        min_area_px: minimum component size.
+    Returns:
+        ``(kept (H, W) bool, obstacles)`` with obstacles sorted by decreasing area, ids 1..N.
+    """
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
+    keep.sort(key=lambda i: (-int(stats[i, cv2.CC_STAT_AREA]), i))
+    kept = np.zeros(mask.shape, dtype=bool)
+    obstacles: list[Obstacle] = []
+    if keep:
+        flat_labels = labels.ravel()
+        flat_scores = score_map.ravel().astype(np.float64)
+        sums = np.bincount(flat_labels, weights=flat_scores, minlength=count)
+        maxima = np.full(count, -np.inf)
+        np.maximum.at(maxima, flat_labels, flat_scores)
+        lut = np.zeros(count, dtype=bool)
+        lut[keep] = True
+        kept = lut[labels]
+        for new_id, i in enumerate(keep, start=1):
+            x, y, w, h, area = (int(v) for v in stats[i, :5])
+            obstacles.append(Obstacle(id=new_id, bbox=(x, y, w, h), area_px=area,
+                                      centroid=(float(centroids[i, 0]), float(centroids[i, 1])),
+                                      mean_score=float(sums[i] / area), max_score=float(maxima[i])))
+    return kept, obstacles
+
+
+def postprocess(score_map: np.ndarray, cfg: PostprocessCfg,
+                semantic: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle], np.ndarray | None]:
+    """Score map ``(H, W)`` → ``(obstacle mask (H, W) bool, obstacles, drivable region (H, W) bool or None)``.
+
+    ``semantic`` (train IDs at the same resolution) is required when ``cfg.drivable_only`` is set.
+    """
+    candidates = threshold_mask(score_map, cfg.threshold)
+    region = None
+    if cfg.drivable_only:
+        if semantic is None:
+            raise ConfigError("drivable_only needs the semantic map (train IDs) of the frame")
+        region = drivable_region(semantic, cfg.drivable_classes, cfg.drivable_margin_px)
+        candidates &= region
+    kept, obstacles = find_obstacles(candidates, score_map, cfg.min_area_px)
+    return kept, obstacles, region
