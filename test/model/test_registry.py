@@ -1,0 +1,55 @@
+"""Model registry: names, configs, and a sweep building every registered model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vl_anomaly import ConfigError, add_model_config, create_model, get_model_config, list_models
+from vl_anomaly.factory import get_preprocess_cfg
+
+
+def test_registered_names():
+    assert {"espnet_p2_q8_cityscapes", "espnetv2_s2.0_cityscapes", "mask2former_swin_t_cityscapes"} <= set(list_models())
+
+
+def test_config_is_a_copy():
+    cfg = get_model_config("espnet_p2_q8_cityscapes")
+    cfg["arch"]["p"] = 99
+    assert get_model_config("espnet_p2_q8_cityscapes")["arch"]["p"] == 2
+
+
+def test_unknown_model_lists_registered_ones():
+    with pytest.raises(ConfigError) as info:
+        get_model_config("espnet_p9")
+    assert "espnetv2_s2.0_cityscapes" in str(info.value)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_and_fulfils_the_contract(name):
+    model = create_model(name, weights=None)
+    size = (128, 256)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert out.logits.shape == (1, 19, *size)
+    assert torch.isfinite(out.logits).all()
+    stride = out.feature_stride
+    assert out.pixel_features.shape[-2:] == (size[0] // stride, size[1] // stride)
+    assert out.pixel_features.shape[1] == model.feature_channels
+    if get_model_config(name)["family"] in ("espnet", "espnetv2"):
+        assert out.void_logits.shape == (1, 1, *size) and not out.has_mask_queries
+    else:
+        assert out.has_mask_queries
+    assert get_preprocess_cfg(name).input_size == (512, 1024)
+
+
+def test_user_config_folder(tmp_path):
+    (tmp_path / "espnet_p1_q2_test.yaml").write_text(
+        "family: espnet\nclasses: cityscapes\narch: {num_outputs: 20, p: 1, q: 2}\n")
+    assert add_model_config(tmp_path) == ["espnet_p1_q2_test"]
+    model = create_model("espnet_p1_q2_test", weights=None)
+    assert len(model.encoder.level3) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arch: {}\n")
+    with pytest.raises(ConfigError, match="family"):
+        add_model_config(bad)
