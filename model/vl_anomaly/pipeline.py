@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import VLAnomalyError
+from .errors import ConfigError, VLAnomalyError
 from .postprocess import Obstacle, PostprocessCfg, postprocess
 from .preprocess import PreprocessCfg, preprocess, validate_image
-from .scores import compute_score, get_score
+from .scores import compute_score, get_score, pixel_scores
 
 
 @dataclass
@@ -62,6 +62,9 @@ class AnomalyPredictor:
     def __init__(self, model: nn.Module, preprocess_cfg: PreprocessCfg, score: str = "msp",
                  postprocess_cfg: PostprocessCfg | None = None, device: str = "cpu", name: str = "") -> None:
         self.spec = get_score(score)
+        if self.spec.needs_mask_queries and not getattr(model, "has_mask_queries", False):
+            raise ConfigError(f"score {score!r} needs a mask-query model (Mask2Former); {name or 'this model'} "
+                              f"is a pixel classifier. Pixel-classifier scores: {', '.join(pixel_scores())}")
         self.score_name = score
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()

@@ -133,6 +133,7 @@ class ESPNet(nn.Module):
     """
 
     feature_channels = 256
+    has_mask_queries = False
     feature_stride = 8
     size_divisor = 8
 

@@ -225,6 +225,7 @@ class ESPNetv2(nn.Module):
         num_classes, void_index: as in :class:`~vl_anomaly.networks.espnet.ESPNet`.
     """
 
+    has_mask_queries = False
     feature_stride = 8
     size_divisor = 32
 

@@ -59,6 +59,7 @@ def _force_eager_attention(config) -> None:
 class Mask2FormerSegmenter(nn.Module):
     """Wraps ``Mask2FormerForUniversalSegmentation``; ``forward``: ``(B, 3, H, W) → SegmenterOutput``."""
 
+    has_mask_queries = True
     feature_stride = 4
     size_divisor = 32
     void_index = None
