@@ -123,19 +123,17 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int) ->
     kept = np.zeros(mask.shape, dtype=bool)
     obstacles: list[Obstacle] = []
     if keep:
-        flat_labels = labels.ravel()
-        flat_scores = score_map.ravel().astype(np.float64)
-        sums = np.bincount(flat_labels, weights=flat_scores, minlength=count)
-        maxima = np.full(count, -np.inf)
-        np.maximum.at(maxima, flat_labels, flat_scores)
         lut = np.zeros(count, dtype=bool)
         lut[keep] = True
         kept = lut[labels]
         for new_id, i in enumerate(keep, start=1):
             x, y, w, h, area = (int(v) for v in stats[i, :5])
+            window = labels[y:y + h, x:x + w] == i            # statistics over the bounding box only
+            values = score_map[y:y + h, x:x + w][window]
             obstacles.append(Obstacle(id=new_id, bbox=(x, y, w, h), area_px=area,
                                       centroid=(float(centroids[i, 0]), float(centroids[i, 1])),
-                                      mean_score=float(sums[i] / area), max_score=float(maxima[i])))
+                                      mean_score=float(values.mean(dtype=np.float64)),
+                                      max_score=float(values.max())))
     return kept, obstacles
 
 

@@ -1,0 +1,81 @@
+"""Inference speed per model and network input size on this machine's CPU.
+
+Measures, for each model, the wall time of the network forward pass alone and of the whole pipeline
+(``AnomalyPredictor.predict``: validation, pre-processing, network, score, resize to the image, post-processing)
+on a real 1920×1080 RoadObstacle21 frame. Models with real weights use them; Mask2Former Swin-T uses random
+weights (speed does not depend on the values). Prints a markdown table and writes JSON.
+
+    .venv/bin/python benchmarks/bench_inference.py --threads 2 --repeats 5 -o benchmarks/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vl_anomaly import create_predictor, read_image
+from vl_anomaly.paths import anomaly_val_dir
+from vl_anomaly.preprocess import preprocess
+
+CASES = [
+    ("espnetv2_s2.0_cityscapes", "default", [(256, 512), (512, 1024), (1024, 2048)]),
+    ("espnet_p2_q8_cityscapes", "default", [(256, 512), (512, 1024)]),
+    ("mask2former_swin_t_cityscapes", None, [(256, 512), (512, 1024)]),
+]
+
+
+def _time(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("-o", "--output", default="benchmarks/results/inference.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    image = read_image(anomaly_val_dir() / "RoadObstacle21" / "images" / "0.webp")
+    rows = []
+    for name, weights, sizes in CASES:
+        for size in sizes:
+            predictor = create_predictor(name, weights=weights, input_size=size)
+            x = preprocess(image, predictor.preprocess_cfg)
+            with torch.inference_mode():
+                net = _time(lambda: predictor.model(x), args.repeats)
+            full = _time(lambda: predictor.predict(image), args.repeats)
+            params = sum(p.numel() for p in predictor.model.parameters()) / 1e6
+            rows.append({"model": name, "weights": weights or "random", "input_hw": list(size),
+                         "params_m": round(params, 2), "network_ms_min": round(min(net), 1),
+                         "network_ms_median": round(statistics.median(net), 1),
+                         "pipeline_ms_min": round(min(full), 1),
+                         "pipeline_ms_median": round(statistics.median(full), 1)})
+            print(rows[-1], flush=True)
+    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "torch_threads": args.threads},
+        "image": "RoadObstacle21/images/0.webp (1920x1080)", "repeats": args.repeats, "rows": rows}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| model | weights | input H×W | params (M) | network ms (min / median) | pipeline ms (min / median) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['weights']} | {r['input_hw'][0]}×{r['input_hw'][1]} | {r['params_m']} | "
+              f"{r['network_ms_min']} / {r['network_ms_median']} | {r['pipeline_ms_min']} / {r['pipeline_ms_median']} |")
+
+
+if __name__ == "__main__":
+    main()
