@@ -105,3 +105,20 @@ def test_list_models(capsys):
     assert main(["list-models"]) == 0
     text = capsys.readouterr().out
     assert "espnet_p2_q8_cityscapes" in text and "facebook/mask2former-swin-tiny-cityscapes-semantic" in text
+
+
+def test_cuda_request_without_cuda_is_refused(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal path cannot be exercised")
+    assert main(["predict", "x.png", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_demo_runs_on_shared_images(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_frames"] == 8 and summary["predictor"]["postprocess"]["drivable_only"] is True
+    assert (out / "contact_sheet.png").stat().st_size > 10_000

@@ -1,6 +1,7 @@
 """``vl-anomaly demo``: the main job on an embedded default, real validation images from ``../shared``.
 
-Runs ``predict`` with the default model on two images of each shared road-anomaly set, writes score maps,
+Runs ``predict`` with the default model and the drivable-region filter (``--no-drivable-only`` turns it off) on
+two images of each shared road-anomaly set, writes score maps,
 masks, overlays, obstacle lists, a summary and a contact sheet of the overlays, and prints where they are.
 """
 
@@ -26,6 +27,8 @@ DEMO_IMAGES = (("RoadAnomaly21", "images/0.png"), ("RoadAnomaly21", "images/3.pn
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="outputs/demo", help="output folder")
     predict.add_predictor_arguments(parser)
+    # A planner cares about anomalies on the drivable surface: the demo shows that product setting.
+    parser.set_defaults(drivable_only=True)
 
 
 def demo_inputs() -> list[Path]:

@@ -40,7 +40,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size (default: the weights' training size)")
     parser.add_argument("--min-area", type=int, default=100, help="smallest obstacle kept, pixels")
-    parser.add_argument("--drivable-only", action="store_true",
+    parser.add_argument("--drivable-only", action=argparse.BooleanOptionalAction, default=False,
                         help="keep anomalies inside the predicted drivable region (road/sidewalk + margin)")
     parser.add_argument("--drivable-margin", type=int, default=20, help="drivable-region dilation, pixels")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
