@@ -73,12 +73,18 @@ class AnomalyPredictor:
         self.name = name
 
     @torch.inference_mode()
-    def score_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """Score map and semantic map of one image.
+    def score_maps(self, image: np.ndarray, scores: list[str] | None = None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
+        """Score maps of several scores from one forward pass.
 
-        Args: image ``(H, W, 3)`` RGB uint8 (or float in [0, 1]).
-        Returns: ``score_map (H, W) float32``, ``semantic (H, W) uint8``, stage timings in ms.
+        Args: image ``(H, W, 3)`` RGB uint8 (or float in [0, 1]); score names (default: this predictor's).
+        Returns: ``{score: (H, W) float32}``, ``semantic (H, W) uint8``, stage timings in ms.
         """
+        names = scores or [self.score_name]
+        for name in names:
+            spec = get_score(name)
+            if spec.needs_mask_queries and not getattr(self.model, "has_mask_queries", False):
+                raise ConfigError(f"score {name!r} needs a mask-query model; {self.name or 'this model'} has none")
         t0 = time.perf_counter()
         rgb = validate_image(image)
         height, width = rgb.shape[:2]
@@ -86,17 +92,29 @@ class AnomalyPredictor:
         t1 = time.perf_counter()
         output = self.model(x)
         t2 = time.perf_counter()
-        score = compute_score(self.score_name, output)                       # (1, h, w)
-        score = F.interpolate(score[:, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        semantic = output.logits.argmax(dim=1, keepdim=True).to(torch.uint8)  # (1, 1, h, w)
-        semantic = F.interpolate(semantic, size=(height, width), mode="nearest")[0, 0]
-        score_np = score.float().cpu().numpy()
-        if not np.isfinite(score_np).all():
-            raise VLAnomalyError(f"model {self.name!r} produced non-finite {self.score_name!r} scores "
-                                 "(corrupt weights or numerical overflow)")
+        maps = {}
+        for name in names:
+            score = compute_score(name, output)                                   # (1, h, w)
+            score = F.interpolate(score[:, None], size=(height, width), mode="bilinear", align_corners=False)
+            score_np = score[0, 0].float().cpu().numpy()
+            if not np.isfinite(score_np).all():
+                raise VLAnomalyError(f"model {self.name!r} produced non-finite {name!r} scores "
+                                     "(corrupt weights or numerical overflow)")
+            maps[name] = score_np
+        semantic = output.logits.argmax(dim=1, keepdim=True).to(torch.uint8)      # (1, 1, h, w)
+        semantic = F.interpolate(semantic, size=(height, width), mode="nearest")[0, 0].cpu().numpy()
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
-        return score_np, semantic.cpu().numpy(), timings
+        return maps, semantic, timings
+
+    def score_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Score map and semantic map of one image with this predictor's score.
+
+        Args: image ``(H, W, 3)`` RGB uint8 (or float in [0, 1]).
+        Returns: ``score_map (H, W) float32``, ``semantic (H, W) uint8``, stage timings in ms.
+        """
+        maps, semantic, timings = self.score_maps(image)
+        return maps[self.score_name], semantic, timings
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Full pipeline on one image ``(H, W, 3)`` RGB uint8 → :class:`Prediction`."""

@@ -1,4 +1,4 @@
-"""The ``vl-anomaly`` command line: ``predict``, ``demo``, ``list-models``."""
+"""The ``vl-anomaly`` command line: ``predict``, ``demo``, ``eval``, ``list-models``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ..errors import VLAnomalyError
-from . import demo, predict
+from . import demo, evaluate, predict
 
 
 def _list_models(args: argparse.Namespace) -> int:
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on real validation images from ../shared")
     demo.add_arguments(d)
     d.set_defaults(func=demo.main)
+    e = sub.add_parser("eval", help="benchmark metrics (official parity), report and plots on datasets")
+    evaluate.add_arguments(e)
+    e.set_defaults(func=evaluate.main)
     m = sub.add_parser("list-models", help="registered models and their weights")
     m.set_defaults(func=_list_models)
     return parser
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (VLAnomalyError, FileNotFoundError) as exc:
+    except (VLAnomalyError, FileNotFoundError, ValueError) as exc:
         print(f"vl-anomaly {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
