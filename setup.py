@@ -23,5 +23,8 @@ setup(
     maintainer_email="dev@vl-anomaly.invalid",
     description="ROS 2 road-anomaly segmentation node (thin layer over the vl_anomaly core)",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "anomaly_node = vl_anomaly_ros.anomaly_node:main",
+        "vl_anomaly_launch = vl_anomaly_ros.launch_runner:main",
+    ]},
 )

@@ -1,0 +1,383 @@
+"""The vl-anomaly ROS 2 node: camera images in; anomaly score, obstacle mask, overlay, obstacle list and
+diagnostics out.
+
+A lifecycle node (``rclpy.lifecycle.LifecycleNode``), because loading weights is slow and can fail:
+
+* ``configure`` reads the read-only parameters, builds the predictor through the core's factory (weights are
+  sha256-verified), runs one warm-up frame and creates the publishers. A failure (unknown model, corrupt weights,
+  CUDA missing) leaves the node *unconfigured* with the reason in the log and in ``/diagnostics``.
+* ``activate`` creates the subscriptions and starts the inference thread; ``deactivate`` removes them (frames
+  still waiting are counted as dropped, reason ``shutdown``); ``cleanup`` frees the model.
+* With ``autostart`` (default) the node configures and activates itself, so ``ros2 run`` / ``ros2 launch``
+  need no lifecycle manager; ``autostart:=false`` waits for ``ros2 lifecycle set``.
+
+Threads: the executor thread only validates headers and hands frames to a :class:`FrameQueue`; one inference
+thread converts, runs :meth:`vl_anomaly.AnomalyPredictor.predict` (the same call as ``vl-anomaly predict``) and
+publishes. Frame accounting is in :class:`FrameStats`; nothing is lost without a count.
+
+Topics (relative names, remap them): subscribes ``image`` (sensor_msgs/Image), ``image/compressed``
+(optional), ``camera_info``; publishes ``~/anomaly_score`` (32FC1), ``~/obstacle_mask`` (mono8 0/255),
+``~/overlay`` (bgr8, only while subscribed), ``~/obstacles`` (vl_anomaly_msgs/ObstacleArray), ``/diagnostics``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
+                       qos_profile_system_default)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from vl_anomaly.errors import VLAnomalyError
+from vl_anomaly.factory import create_predictor
+from vl_anomaly.io import score_png_range
+from vl_anomaly.visualize import overlay as draw_overlay
+from vl_anomaly_msgs.msg import ObstacleArray
+
+from . import params as P
+from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, compressed_msg_to_rgb,
+                          image_msg_to_rgb, obstacle_array_msg)
+from .frame_queue import FrameQueue
+from .ground import PinholeCamera, obstacle_ground_points
+from .stats import FrameStats
+
+NODE_NAME = "vl_anomaly"
+
+
+@dataclass
+class _Frame:
+    """A frame waiting for inference: the message, whether it is compressed, and its arrival time."""
+
+    msg: object
+    compressed: bool
+    received_monotonic: float
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class AnomalyNode(LifecycleNode):
+    """Road-anomaly segmentation node (see the module docstring for topics, threads and lifecycle)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, spec in P.PARAMS.items():
+            self.declare_parameter(name, spec.default, P.descriptor(name))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.stats = FrameStats()
+        self.queue = FrameQueue(on_drop=lambda item, reason: self.stats.on_dropped(reason))
+        self._apply_queue_params()
+        self.predictor = None
+        self.error = ""                  # last configure failure, shown in diagnostics
+        self._camera: PinholeCamera | None = None
+        self._inputs: list = []
+        self._outputs: dict[str, object] = {}
+        self._worker: threading.Thread | None = None
+        self._running = threading.Event()
+        self._active = False
+        self._rejection_log_time = 0.0
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
+                                                    self.publish_diagnostics)
+
+    # ------------------------------------------------------------------ parameters
+    def param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Validate every changed parameter first; reject the whole set with the first reason."""
+        for parameter in parameters:
+            reason = P.validate(parameter.name, parameter.value)
+            if reason is not None:
+                self.get_logger().warning(f"rejected parameter {parameter.name}={parameter.value!r}: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        # Accepted: apply run-time changes after rclpy stores the values.
+        names = {p.name for p in parameters}
+        if self.predictor is not None and names & {"threshold", "min_obstacle_area_px", "drivable_only",
+                                                   "drivable_margin_px"}:
+            values = {p.name: p.value for p in parameters}
+            self._apply_postprocess_params(values)
+        if names & {"queue_policy", "queue_depth"}:
+            values = {p.name: p.value for p in parameters}
+            self.queue.configure(values.get("queue_policy", self.param("queue_policy")),
+                                 values.get("queue_depth", self.param("queue_depth")))
+        return SetParametersResult(successful=True)
+
+    def _apply_queue_params(self) -> None:
+        self.queue.configure(self.param("queue_policy"), self.param("queue_depth"))
+
+    def _apply_postprocess_params(self, overrides: dict | None = None) -> None:
+        values = {name: self.param(name) for name in ("threshold", "min_obstacle_area_px", "drivable_only",
+                                                      "drivable_margin_px")}
+        values.update(overrides or {})
+        threshold = values["threshold"]
+        if threshold is None or math.isnan(threshold):
+            threshold = self.predictor.spec.default_threshold
+        self.predictor.postprocess_cfg = replace(self.predictor.postprocess_cfg, threshold=float(threshold),
+                                                 min_area_px=int(values["min_obstacle_area_px"]),
+                                                 drivable_only=bool(values["drivable_only"]),
+                                                 drivable_margin_px=int(values["drivable_margin_px"]))
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        import torch
+
+        start = time.perf_counter()
+        try:
+            if self.param("threads") > 0:
+                torch.set_num_threads(self.param("threads"))
+            height, width = self.param("input_height"), self.param("input_width")
+            if (height == 0) != (width == 0):
+                raise VLAnomalyError(f"input_height and input_width must both be 0 (the weights' size) or both "
+                                     f"set; got {height} x {width}")
+            weights = self.param("weights")
+            self.predictor = create_predictor(
+                self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
+                device=self.param("device"), input_size=(height, width) if height else None)
+            self._apply_postprocess_params()
+            self.predictor.predict(np.zeros((64, 64, 3), np.uint8))              # warm-up (allocations, oneDNN)
+        except Exception as exc:                                                 # noqa: BLE001 — reported, not raised
+            self.error = f"configure failed: {exc}"
+            self.get_logger().error(self.error)
+            self.predictor = None
+            return TransitionCallbackReturn.FAILURE
+        self.error = ""
+        depth = self.param("output_qos_depth")
+        out_qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.VOLATILE)
+        self._outputs = {
+            "score": self.create_publisher(Image, "~/anomaly_score", out_qos),
+            "mask": self.create_publisher(Image, "~/obstacle_mask", out_qos),
+            "overlay": self.create_publisher(Image, "~/overlay", out_qos),
+            "obstacles": self.create_publisher(ObstacleArray, "~/obstacles", out_qos),
+        }
+        desc = self.predictor.describe()
+        self.get_logger().info(
+            f"configured in {time.perf_counter() - start:.1f} s: model {desc['model']}, score {desc['score']}, "
+            f"threshold {desc['postprocess']['threshold']}, device {desc['device']}, "
+            f"network input {desc['preprocess']['input_size']}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        qos = self._input_qos()
+        image_topic = self.resolve_topic_name("image")
+        self._inputs = [
+            self.create_subscription(Image, "image", lambda m: self._on_image(m, False), qos),
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos),
+        ]
+        if self.param("subscribe_compressed"):
+            self._inputs.append(
+                self.create_subscription(CompressedImage, "image/compressed", lambda m: self._on_image(m, True), qos))
+        self.queue.reopen()
+        self._running.set()
+        self._worker = threading.Thread(target=self._inference_loop, name="vl_anomaly_inference", daemon=True)
+        self._worker.start()
+        self._active = True
+        self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}, depth "
+                               f"{self.param('input_qos_depth')}, queue policy {self.param('queue_policy')})")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs = []
+        self._active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        for publisher in self._outputs.values():
+            self.destroy_publisher(publisher)
+        self._outputs = {}
+        self.predictor = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self) -> None:
+        self._running.clear()
+        self.queue.close()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+
+    def _input_qos(self) -> QoSProfile:
+        depth = self.param("input_qos_depth")
+        base = {"sensor_data": qos_profile_sensor_data, "system_default": qos_profile_system_default}.get(
+            self.param("input_qos"))
+        if base is None:      # "default": reliable, volatile, keep last
+            return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                              reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=base.reliability,
+                          durability=base.durability)
+
+    # ------------------------------------------------------------------ executor thread
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera = PinholeCamera.from_camera_info(msg)
+
+    def _on_image(self, msg, compressed: bool) -> None:
+        """Count, validate the header (cheap), hand over to the inference thread. Never raises."""
+        self.stats.on_received()
+        try:
+            if not compressed:
+                check_image_msg(msg, self.param("max_input_pixels"))
+        except RejectedFrame as exc:
+            self._reject(exc.reason, str(exc))
+            return
+        self.queue.put(_Frame(msg, compressed, time.monotonic()))
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.stats.on_rejected(reason, message)
+        now = time.monotonic()
+        if now - self._rejection_log_time > 1.0:             # at most one log line per second
+            self._rejection_log_time = now
+            self.get_logger().warning(f"rejected frame ({reason}): {message}")
+
+    # ------------------------------------------------------------------ inference thread
+    def _inference_loop(self) -> None:
+        while self._running.is_set():
+            frame = self.queue.get(timeout=0.1)
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except RejectedFrame as exc:
+                self._reject(exc.reason, str(exc))
+            except VLAnomalyError as exc:
+                self._reject("inference_error", str(exc))
+            except Exception as exc:                                       # noqa: BLE001 — the node must not die
+                self._reject("internal_error", f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(traceback.format_exc())
+
+    def _process(self, frame: _Frame) -> None:
+        msg = frame.msg
+        header = msg.header
+        max_age_ms = self.param("max_input_age_ms")
+        if max_age_ms > 0:
+            age_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
+            if age_ms > max_age_ms:
+                self.stats.on_dropped("stale")
+                return
+        rgb = compressed_msg_to_rgb(msg) if frame.compressed else image_msg_to_rgb(msg, self.param("max_input_pixels"))
+        predictor = self.predictor
+        prediction = predictor.predict(rgb)
+        pubs = self._outputs
+        pubs["score"].publish(array_to_image_msg(prediction.score_map, "32FC1", header))
+        pubs["mask"].publish(array_to_image_msg(prediction.obstacle_mask.astype(np.uint8) * 255, "mono8", header))
+        ground = None
+        height_m = self.param("camera_height_m")
+        if self._camera is not None and height_m > 0:
+            ground = obstacle_ground_points(prediction.obstacles, self._camera, rgb.shape[1], rgb.shape[0], height_m,
+                                            self.param("camera_pitch_deg"))
+        pubs["obstacles"].publish(obstacle_array_msg(prediction.obstacles, header, predictor.score_name,
+                                                     predictor.postprocess_cfg.threshold, ground))
+        if self.param("publish_overlay") and pubs["overlay"].get_subscription_count() > 0:
+            lo, hi = score_png_range(prediction.score_map, predictor.spec.range)
+            vis = draw_overlay(rgb, prediction.score_map, prediction.obstacle_mask, prediction.obstacles, lo, hi,
+                               drivable=prediction.drivable)
+            pubs["overlay"].publish(array_to_image_msg(np.ascontiguousarray(vis[..., ::-1]), "bgr8", header))
+        now_ns = self.get_clock().now().nanoseconds
+        self.stats.on_processed(latency_ms=(time.monotonic() - frame.received_monotonic) * 1e3,
+                                age_ms=(now_ns - _stamp_ns(header.stamp)) / 1e6,
+                                inference_ms=prediction.timings_ms.get("total", float("nan")))
+
+    # ------------------------------------------------------------------ diagnostics
+    def publish_diagnostics(self) -> None:
+        """One ``DiagnosticStatus`` named ``<node>: frames``: level, message and every counter as a key."""
+        snap = self.stats.snapshot()
+        level, message = DiagnosticStatus.OK, "processing"
+        idle = snap["seconds_since_input"]
+        if self.predictor is None:
+            level, message = DiagnosticStatus.ERROR, self.error or "not configured"
+        elif not self._active:
+            level, message = DiagnosticStatus.WARN, "configured, inactive"
+        elif idle is None or idle > self.param("no_input_warn_s"):
+            level = DiagnosticStatus.WARN
+            message = (f"no input on {self.resolve_topic_name('image')} "
+                       + ("yet" if idle is None else f"for {idle:.1f} s") + " (check topic and QoS)")
+        elif snap["rejected_total"] and snap["last_rejection"]:
+            message = f"processing; last rejection {snap['last_rejection'][:200]}"
+        values = {"received": snap["received"], "processed": snap["processed"],
+                  "dropped": snap["dropped_total"], "rejected": snap["rejected_total"], "in_flight": snap["in_flight"],
+                  "rate_hz": round(snap["rate_hz"], 3), "queue_policy": self.param("queue_policy"),
+                  "model": self.param("model"), "score": self.param("score")}
+        for reason, count in sorted(snap["dropped"].items()):
+            values[f"dropped.{reason}"] = count
+        for reason, count in sorted(snap["rejected"].items()):
+            values[f"rejected.{reason}"] = count
+        for name in ("latency_ms", "age_ms", "inference_ms"):
+            for pct, value in snap[name].items():
+                values[f"{name}.{pct}"] = "" if value is None else round(value, 2)
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: frames", message=message,
+                                  hardware_id=self.param("device"),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+
+def default_fastdds_profile() -> Path | None:
+    """The shipped Fast DDS shared-memory profile (config/fastdds_shm.xml), installed or in the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("vl_anomaly_ros")) / "config" / "fastdds_shm.xml")
+    except Exception:                                             # noqa: BLE001 — not installed as a ROS package
+        pass
+    candidates.append(Path(__file__).resolve().parents[1] / "config" / "fastdds_shm.xml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``anomaly_node``: ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``.
+
+    Uses the shipped Fast DDS shared-memory profile unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set
+    (without it, large best-effort images are silently dropped; docs/ros.md).
+    """
+    if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
+        profile = default_fastdds_profile()
+        if profile is not None:
+            os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = AnomalyNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.param("autostart"):
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal(f"{node.error}; exiting")
+                code = 1
+            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("activation failed; exiting")
+                code = 1
+        if code == 0:
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_worker()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The node's parameters: names, defaults, descriptions, ranges and validation (one table, used everywhere).
+
+Runtime-changeable parameters are validated in the node's on-set callback and rejected with a reason;
+read-only ones (model, weights, device, input size, QoS) take effect on the next ``configure``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vl_anomaly.registry import list_models
+from vl_anomaly.scores import list_scores
+
+QOS_CHOICES = ("sensor_data", "default", "system_default")
+POLICY_CHOICES = ("latest", "queue")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: default (its type is the parameter's type), description, limits, mutability."""
+
+    default: Any
+    description: str
+    read_only: bool = False
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None
+    allow_nan: bool = False
+
+
+def _model_check(value: str) -> str | None:
+    return None if value in list_models() else f"unknown model {value!r}; registered: {', '.join(list_models())}"
+
+
+def _score_check(value: str) -> str | None:
+    return None if value in list_scores() else f"unknown score {value!r}; choose one of {', '.join(list_scores())}"
+
+
+def _device_check(value: str) -> str | None:
+    if re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        return None
+    return f"device must be 'cpu', 'cuda' or 'cuda:N'; got {value!r}"
+
+
+def _size_check(value: int) -> str | None:
+    if value == 0 or value % 32 == 0:
+        return None
+    return f"network input sizes must be 0 (the weights' training size) or a multiple of 32; got {value}"
+
+
+#: The node's parameters. ``read_only`` ones are read by ``configure``; the others may change at run time.
+PARAMS: dict[str, ParamSpec] = {
+    "model": ParamSpec("espnetv2_s2.0_cityscapes", "registered model name (vl-anomaly list-models)",
+                       read_only=True, check=_model_check),
+    "weights": ParamSpec("default", "'default' (the registered weights, sha256-verified) or a .pth / .safetensors "
+                                    "file or transformers checkpoint directory", read_only=True),
+    "device": ParamSpec("cpu", "torch device: cpu, cuda, cuda:N", read_only=True, check=_device_check),
+    "backend": ParamSpec("torch", "inference backend (torch is the only one until the deployment backends land)",
+                         read_only=True, choices=("torch",)),
+    "threads": ParamSpec(0, "torch CPU threads; 0 = torch's default", read_only=True, min=0, max=256),
+    "input_height": ParamSpec(0, "network input height in px (multiple of 32); 0 = the weights' training size",
+                              read_only=True, min=0, max=4096, check=_size_check),
+    "input_width": ParamSpec(0, "network input width in px (multiple of 32); 0 = the weights' training size",
+                             read_only=True, min=0, max=8192, check=_size_check),
+    "score": ParamSpec("msp", "anomaly score (vl-anomaly list-models shows the scores)", read_only=True,
+                       check=_score_check),
+    "threshold": ParamSpec(float("nan"), "obstacle threshold in score units (score ≥ threshold is anomalous); "
+                                         "NaN = the score's documented default", allow_nan=True),
+    "min_obstacle_area_px": ParamSpec(100, "smallest obstacle kept, pixels of the input image", min=1, max=10**8),
+    "drivable_only": ParamSpec(True, "keep anomalies inside the predicted drivable region (road/sidewalk + margin)"),
+    "drivable_margin_px": ParamSpec(20, "dilation of the drivable region, pixels", min=0, max=1000),
+    "publish_overlay": ParamSpec(True, "compute and publish ~/overlay (bgr8), only while it has subscribers"),
+    "queue_policy": ParamSpec("latest", "frames arriving faster than inference: 'latest' keeps only the newest "
+                                        "waiting frame, 'queue' keeps up to queue_depth (oldest dropped); every "
+                                        "drop is counted", choices=POLICY_CHOICES),
+    "queue_depth": ParamSpec(4, "frames waiting for inference with queue_policy=queue", min=1, max=100),
+    "max_input_age_ms": ParamSpec(0.0, "drop frames whose header stamp is older than this when inference starts "
+                                       "(node clock); 0 = off", min=0.0, max=1e6),
+    "max_input_pixels": ParamSpec(7680 * 4320, "larger input images are rejected (reason too_large)",
+                                  min=1, max=10**9),
+    "input_qos": ParamSpec("sensor_data", "input QoS: sensor_data (best effort, keep last), default (reliable), "
+                                          "system_default", read_only=True, choices=QOS_CHOICES),
+    "input_qos_depth": ParamSpec(1, "input subscription history depth", read_only=True, min=1, max=100),
+    "output_qos_depth": ParamSpec(1, "output publishers' history depth (reliable, volatile)", read_only=True,
+                                  min=1, max=100),
+    "subscribe_compressed": ParamSpec(False, "also subscribe image/compressed (sensor_msgs/CompressedImage, "
+                                             "JPEG/PNG)", read_only=True),
+    "camera_height_m": ParamSpec(0.0, "camera height above a flat ground, metres; > 0 with camera_info gives "
+                                      "obstacles a ground position and distance", min=0.0, max=100.0),
+    "camera_pitch_deg": ParamSpec(0.0, "downward pitch of the camera's optical axis, degrees (flat-ground model)",
+                                  min=-45.0, max=89.0),
+    "diagnostics_period_s": ParamSpec(1.0, "period of /diagnostics, seconds", read_only=True, min=0.05, max=60.0),
+    "no_input_warn_s": ParamSpec(5.0, "diagnostics warn when no frame arrived for this long, seconds",
+                                 min=0.1, max=3600.0),
+    "autostart": ParamSpec(True, "configure and activate on start (false: wait for lifecycle transitions)",
+                           read_only=True),
+}
+
+
+def validate(name: str, value: Any) -> str | None:
+    """None when ``value`` is acceptable for parameter ``name``, else the reason."""
+    spec = PARAMS.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"{name} must be of type {expected.__name__}; got {type(value).__name__} {value!r}"
+    if spec.choices is not None and value not in spec.choices:
+        return f"{name} must be one of {', '.join(map(str, spec.choices))}; got {value!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value:
+            return None if spec.allow_nan else f"{name} must be a number, got NaN"
+        if spec.min is not None and value < spec.min:
+            return f"{name} must be ≥ {spec.min}; got {value}"
+        if spec.max is not None and value > spec.max:
+            return f"{name} must be ≤ {spec.max}; got {value}"
+    if spec.check is not None:
+        return spec.check(value)
+    return None
+
+
+def descriptor(name: str):
+    """The rcl ``ParameterDescriptor`` of a parameter (description, read-only flag, numeric range)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    spec = PARAMS[name]
+    extra = []
+    if spec.choices:
+        extra.append(f"choices: {', '.join(map(str, spec.choices))}")
+    desc = ParameterDescriptor(description=spec.description + (f" ({'; '.join(extra)})" if extra else ""),
+                               read_only=spec.read_only)
+    if spec.min is not None and spec.max is not None and not isinstance(spec.default, bool):
+        if isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=0)]
+        elif isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                            step=0.0)]
+    return desc

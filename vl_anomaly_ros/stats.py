@@ -1,0 +1,84 @@
+"""Frame accounting and timing statistics of the node (pure Python, thread-safe).
+
+Invariant (checked by the tests): ``received = processed + dropped + rejected + in_flight``, where ``in_flight``
+counts frames waiting in the queue or being processed. Every count has a reason: drops are by design
+(``superseded``, ``queue_full``, ``stale``, ``shutdown``, ``inactive``), rejections are bad input or failures
+(``encoding``, ``empty``, ``too_large``, ``step``, ``truncated``, ``decode``, ``inference_error`` …).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+
+
+class FrameStats:
+    """Counters by reason plus sliding windows of latencies and processing times."""
+
+    def __init__(self, window: int = 1000, rate_window_s: float = 10.0) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.processed = 0
+        self.dropped: collections.Counter = collections.Counter()
+        self.rejected: collections.Counter = collections.Counter()
+        self.last_rejection = ""
+        self._latency_ms: collections.deque = collections.deque(maxlen=window)
+        self._age_ms: collections.deque = collections.deque(maxlen=window)
+        self._inference_ms: collections.deque = collections.deque(maxlen=window)
+        self._done_times: collections.deque = collections.deque()
+        self._rate_window_s = rate_window_s
+        self.last_received_monotonic: float | None = None
+
+    def on_received(self) -> None:
+        with self._lock:
+            self.received += 1
+            self.last_received_monotonic = time.monotonic()
+
+    def on_dropped(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def on_rejected(self, reason: str, message: str = "") -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+            self.last_rejection = f"{reason}: {message}" if message else reason
+
+    def on_processed(self, latency_ms: float, age_ms: float, inference_ms: float) -> None:
+        """One frame published: ``latency_ms`` = publish − receive (queue wait + inference + publishing);
+        ``age_ms`` = publish − header.stamp (node clock); ``inference_ms`` = pipeline time."""
+        now = time.monotonic()
+        with self._lock:
+            self.processed += 1
+            self._latency_ms.append(latency_ms)
+            self._age_ms.append(age_ms)
+            self._inference_ms.append(inference_ms)
+            self._done_times.append(now)
+            while self._done_times and now - self._done_times[0] > self._rate_window_s:
+                self._done_times.popleft()
+
+    def snapshot(self) -> dict:
+        """Counters, rate (Hz over the last window) and percentiles (ms) at this instant."""
+        now = time.monotonic()
+        with self._lock:
+            done = [t for t in self._done_times if now - t <= self._rate_window_s]
+            rate = 0.0
+            if len(done) >= 2:
+                rate = (len(done) - 1) / max(done[-1] - done[0], 1e-9)
+            out = {
+                "received": self.received, "processed": self.processed,
+                "dropped": dict(self.dropped), "rejected": dict(self.rejected),
+                "dropped_total": sum(self.dropped.values()), "rejected_total": sum(self.rejected.values()),
+                "rate_hz": rate, "last_rejection": self.last_rejection,
+                "seconds_since_input": None if self.last_received_monotonic is None
+                else now - self.last_received_monotonic,
+            }
+            for name, values in (("latency_ms", self._latency_ms), ("age_ms", self._age_ms),
+                                 ("inference_ms", self._inference_ms)):
+                arr = np.asarray(values, dtype=np.float64)
+                out[name] = ({"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
+                              "max": float(arr.max())} if arr.size else {"p50": None, "p95": None, "max": None})
+        out["in_flight"] = out["received"] - out["processed"] - out["dropped_total"] - out["rejected_total"]
+        return out
