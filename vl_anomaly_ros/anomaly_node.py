@@ -23,14 +23,14 @@ Topics (relative names, remap them): subscribes ``image`` (sensor_msgs/Image), `
 from __future__ import annotations
 
 import math
-import os
+import queue
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -50,6 +50,7 @@ from vl_anomaly_msgs.msg import ObstacleArray
 from . import params as P
 from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, compressed_msg_to_rgb,
                           image_msg_to_rgb, obstacle_array_msg)
+from .environment import ensure_venv_ament_prefix, use_shipped_fastdds_profile
 from .frame_queue import FrameQueue
 from .ground import PinholeCamera, obstacle_ground_points
 from .stats import FrameStats
@@ -86,8 +87,11 @@ class AnomalyNode(LifecycleNode):
         self._camera: PinholeCamera | None = None
         self._inputs: list = []
         self._outputs: dict[str, object] = {}
-        self._worker: threading.Thread | None = None
-        self._running = threading.Event()
+        self._jobs: queue.Queue = queue.Queue()
+        self._running = threading.Event()          # set while active: the model thread takes frames
+        self._alive = True
+        self._worker = threading.Thread(target=self._model_thread, name="vl_anomaly_model", daemon=True)
+        self._worker.start()
         self._active = False
         self._rejection_log_time = 0.0
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -133,23 +137,28 @@ class AnomalyNode(LifecycleNode):
                                                  drivable_margin_px=int(values["drivable_margin_px"]))
 
     # ------------------------------------------------------------------ lifecycle
-    def on_configure(self, state: State) -> TransitionCallbackReturn:
+    def _load_predictor(self):
+        """Runs on the model thread: threads setting, weights, warm-up (see :meth:`_model_thread`)."""
         import torch
 
+        if self.param("threads") > 0:
+            torch.set_num_threads(self.param("threads"))
+        height, width = self.param("input_height"), self.param("input_width")
+        if (height == 0) != (width == 0):
+            raise VLAnomalyError(f"input_height and input_width must both be 0 (the weights' size) or both set; "
+                                 f"got {height} x {width}")
+        weights = self.param("weights")
+        predictor = create_predictor(
+            self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
+            device=self.param("device"), input_size=(height, width) if height else None)
+        predictor.predict(np.zeros((64, 64, 3), np.uint8))                      # warm-up (allocations, oneDNN)
+        return predictor
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
         start = time.perf_counter()
         try:
-            if self.param("threads") > 0:
-                torch.set_num_threads(self.param("threads"))
-            height, width = self.param("input_height"), self.param("input_width")
-            if (height == 0) != (width == 0):
-                raise VLAnomalyError(f"input_height and input_width must both be 0 (the weights' size) or both "
-                                     f"set; got {height} x {width}")
-            weights = self.param("weights")
-            self.predictor = create_predictor(
-                self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
-                device=self.param("device"), input_size=(height, width) if height else None)
+            self.predictor = self._run_on_model_thread(self._load_predictor)
             self._apply_postprocess_params()
-            self.predictor.predict(np.zeros((64, 64, 3), np.uint8))              # warm-up (allocations, oneDNN)
         except Exception as exc:                                                 # noqa: BLE001 — reported, not raised
             self.error = f"configure failed: {exc}"
             self.get_logger().error(self.error)
@@ -184,15 +193,13 @@ class AnomalyNode(LifecycleNode):
                 self.create_subscription(CompressedImage, "image/compressed", lambda m: self._on_image(m, True), qos))
         self.queue.reopen()
         self._running.set()
-        self._worker = threading.Thread(target=self._inference_loop, name="vl_anomaly_inference", daemon=True)
-        self._worker.start()
         self._active = True
         self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}, depth "
                                f"{self.param('input_qos_depth')}, queue policy {self.param('queue_policy')})")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._stop_worker()
+        self._stop_frames()
         for subscription in self._inputs:
             self.destroy_subscription(subscription)
         self._inputs = []
@@ -207,15 +214,20 @@ class AnomalyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._stop_worker()
+        self._stop_frames()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_worker(self) -> None:
+    def _stop_frames(self) -> None:
+        """Stop taking frames; waiting ones are counted as dropped (``shutdown``). Waits for the frame in work."""
         self._running.clear()
         self.queue.close()
-        if self._worker is not None:
-            self._worker.join(timeout=30.0)
-            self._worker = None
+        if self._worker.is_alive():
+            self._run_on_model_thread(lambda: None)      # returns once the model thread finished its frame
+
+    def stop_model_thread(self) -> None:
+        self._stop_frames()
+        self._alive = False
+        self._worker.join(timeout=30.0)
 
     def _input_qos(self) -> QoSProfile:
         depth = self.param("input_qos_depth")
@@ -250,9 +262,44 @@ class AnomalyNode(LifecycleNode):
             self.get_logger().warning(f"rejected frame ({reason}): {message}")
 
     # ------------------------------------------------------------------ inference thread
-    def _inference_loop(self) -> None:
-        while self._running.is_set():
-            frame = self.queue.get(timeout=0.1)
+    def _run_on_model_thread(self, fn, timeout: float = 600.0):
+        """Run ``fn`` on the model thread and return its result (or raise its exception)."""
+        if threading.current_thread() is self._worker:
+            return fn()
+        if not self._worker.is_alive():
+            raise RuntimeError("the model thread has stopped (node shutting down)")
+        done = threading.Event()
+        box: dict = {}
+        self._jobs.put((fn, done, box))
+        if not done.wait(timeout):
+            raise TimeoutError(f"the model thread did not finish a job in {timeout} s")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def _model_thread(self) -> None:
+        """The one thread that runs torch: loading, warm-up and every frame.
+
+        Keeping all torch work on one thread matters on CPUs: libgomp gives every calling thread its own OpenMP
+        team, and once more teams exist than cores it throttles spinning; a network running on a second thread
+        was measured 1.6–1.8× slower (ESPNetv2, 2 cores; docs/benchmarks.md).
+        """
+        while self._alive:
+            try:
+                fn, done, box = self._jobs.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    box["result"] = fn()
+                except Exception as exc:                                   # noqa: BLE001 — handed to the caller
+                    box["error"] = exc
+                done.set()
+                continue
+            if not self._running.is_set():
+                time.sleep(0.02)
+                continue
+            frame = self.queue.get(timeout=0.02)
             if frame is None:
                 continue
             try:
@@ -268,6 +315,7 @@ class AnomalyNode(LifecycleNode):
     def _process(self, frame: _Frame) -> None:
         msg = frame.msg
         header = msg.header
+        t0 = time.monotonic()
         max_age_ms = self.param("max_input_age_ms")
         if max_age_ms > 0:
             age_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
@@ -275,11 +323,18 @@ class AnomalyNode(LifecycleNode):
                 self.stats.on_dropped("stale")
                 return
         rgb = compressed_msg_to_rgb(msg) if frame.compressed else image_msg_to_rgb(msg, self.param("max_input_pixels"))
+        t1 = time.monotonic()
         predictor = self.predictor
         prediction = predictor.predict(rgb)
+        t2 = time.monotonic()
         pubs = self._outputs
-        pubs["score"].publish(array_to_image_msg(prediction.score_map, "32FC1", header))
-        pubs["mask"].publish(array_to_image_msg(prediction.obstacle_mask.astype(np.uint8) * 255, "mono8", header))
+        # Images are converted and published only while someone subscribes (a planner, RViz, a recorder): a
+        # 1080p 32FC1 map is 8.3 MB. The obstacle list is always published.
+        if pubs["score"].get_subscription_count() > 0:
+            pubs["score"].publish(array_to_image_msg(prediction.score_map, "32FC1", header))
+        if pubs["mask"].get_subscription_count() > 0:
+            mask = prediction.obstacle_mask.view(np.uint8) * np.uint8(255)
+            pubs["mask"].publish(array_to_image_msg(mask, "mono8", header))
         ground = None
         height_m = self.param("camera_height_m")
         if self._camera is not None and height_m > 0:
@@ -287,15 +342,18 @@ class AnomalyNode(LifecycleNode):
                                             self.param("camera_pitch_deg"))
         pubs["obstacles"].publish(obstacle_array_msg(prediction.obstacles, header, predictor.score_name,
                                                      predictor.postprocess_cfg.threshold, ground))
+        t3 = time.monotonic()
+        stages = {"wait": (t0 - frame.received_monotonic) * 1e3, "convert": (t1 - t0) * 1e3,
+                  "inference": (t2 - t1) * 1e3, "publish": (t3 - t2) * 1e3}
         if self.param("publish_overlay") and pubs["overlay"].get_subscription_count() > 0:
             lo, hi = score_png_range(prediction.score_map, predictor.spec.range)
             vis = draw_overlay(rgb, prediction.score_map, prediction.obstacle_mask, prediction.obstacles, lo, hi,
                                drivable=prediction.drivable)
-            pubs["overlay"].publish(array_to_image_msg(np.ascontiguousarray(vis[..., ::-1]), "bgr8", header))
+            pubs["overlay"].publish(array_to_image_msg(cv2.cvtColor(vis, cv2.COLOR_RGB2BGR), "bgr8", header))
+            stages["overlay"] = (time.monotonic() - t3) * 1e3
         now_ns = self.get_clock().now().nanoseconds
         self.stats.on_processed(latency_ms=(time.monotonic() - frame.received_monotonic) * 1e3,
-                                age_ms=(now_ns - _stamp_ns(header.stamp)) / 1e6,
-                                inference_ms=prediction.timings_ms.get("total", float("nan")))
+                                age_ms=(now_ns - _stamp_ns(header.stamp)) / 1e6, stage_ms=stages)
 
     # ------------------------------------------------------------------ diagnostics
     def publish_diagnostics(self) -> None:
@@ -304,7 +362,8 @@ class AnomalyNode(LifecycleNode):
         level, message = DiagnosticStatus.OK, "processing"
         idle = snap["seconds_since_input"]
         if self.predictor is None:
-            level, message = DiagnosticStatus.ERROR, self.error or "not configured"
+            level, message = ((DiagnosticStatus.ERROR, self.error) if self.error
+                              else (DiagnosticStatus.WARN, "unconfigured (waiting for the configure transition)"))
         elif not self._active:
             level, message = DiagnosticStatus.WARN, "configured, inactive"
         elif idle is None or idle > self.param("no_input_warn_s"):
@@ -321,7 +380,7 @@ class AnomalyNode(LifecycleNode):
             values[f"dropped.{reason}"] = count
         for reason, count in sorted(snap["rejected"].items()):
             values[f"rejected.{reason}"] = count
-        for name in ("latency_ms", "age_ms", "inference_ms"):
+        for name in [k for k in snap if k.endswith("_ms")]:
             for pct, value in snap[name].items():
                 values[f"{name}.{pct}"] = "" if value is None else round(value, 2)
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: frames", message=message,
@@ -332,29 +391,14 @@ class AnomalyNode(LifecycleNode):
         self._diagnostics_pub.publish(array)
 
 
-def default_fastdds_profile() -> Path | None:
-    """The shipped Fast DDS shared-memory profile (config/fastdds_shm.xml), installed or in the source tree."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("vl_anomaly_ros")) / "config" / "fastdds_shm.xml")
-    except Exception:                                             # noqa: BLE001 — not installed as a ROS package
-        pass
-    candidates.append(Path(__file__).resolve().parents[1] / "config" / "fastdds_shm.xml")
-    return next((c for c in candidates if c.is_file()), None)
-
-
 def main(args: list[str] | None = None) -> int:
     """Console script ``anomaly_node``: ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``.
 
     Uses the shipped Fast DDS shared-memory profile unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set
     (without it, large best-effort images are silently dropped; docs/ros.md).
     """
-    if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
-        profile = default_fastdds_profile()
-        if profile is not None:
-            os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
+    ensure_venv_ament_prefix()
+    use_shipped_fastdds_profile()
     rclpy.init(args=args if args is not None else sys.argv)
     node = AnomalyNode()
     executor = SingleThreadedExecutor()
@@ -373,7 +417,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._stop_worker()
+        node.stop_model_thread()
         node.destroy_node()
         rclpy.try_shutdown()
     return code

@@ -27,7 +27,8 @@ class FrameStats:
         self.last_rejection = ""
         self._latency_ms: collections.deque = collections.deque(maxlen=window)
         self._age_ms: collections.deque = collections.deque(maxlen=window)
-        self._inference_ms: collections.deque = collections.deque(maxlen=window)
+        self._window = window
+        self._stage_ms: dict[str, collections.deque] = {}
         self._done_times: collections.deque = collections.deque()
         self._rate_window_s = rate_window_s
         self.last_received_monotonic: float | None = None
@@ -46,15 +47,17 @@ class FrameStats:
             self.rejected[reason] += 1
             self.last_rejection = f"{reason}: {message}" if message else reason
 
-    def on_processed(self, latency_ms: float, age_ms: float, inference_ms: float) -> None:
+    def on_processed(self, latency_ms: float, age_ms: float, stage_ms: dict[str, float]) -> None:
         """One frame published: ``latency_ms`` = publish − receive (queue wait + inference + publishing);
-        ``age_ms`` = publish − header.stamp (node clock); ``inference_ms`` = pipeline time."""
+        ``age_ms`` = publish − header.stamp (node clock); ``stage_ms`` = time per stage (e.g. ``wait``,
+        ``convert``, ``inference``, ``publish``, ``overlay``)."""
         now = time.monotonic()
         with self._lock:
             self.processed += 1
             self._latency_ms.append(latency_ms)
             self._age_ms.append(age_ms)
-            self._inference_ms.append(inference_ms)
+            for stage, value in stage_ms.items():
+                self._stage_ms.setdefault(stage, collections.deque(maxlen=self._window)).append(value)
             self._done_times.append(now)
             while self._done_times and now - self._done_times[0] > self._rate_window_s:
                 self._done_times.popleft()
@@ -75,8 +78,9 @@ class FrameStats:
                 "seconds_since_input": None if self.last_received_monotonic is None
                 else now - self.last_received_monotonic,
             }
-            for name, values in (("latency_ms", self._latency_ms), ("age_ms", self._age_ms),
-                                 ("inference_ms", self._inference_ms)):
+            series = [("latency_ms", self._latency_ms), ("age_ms", self._age_ms)]
+            series += [(f"{stage}_ms", values) for stage, values in self._stage_ms.items()]
+            for name, values in series:
                 arr = np.asarray(values, dtype=np.float64)
                 out[name] = ({"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
                               "max": float(arr.max())} if arr.size else {"p50": None, "p95": None, "max": None})

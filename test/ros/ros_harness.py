@@ -1,0 +1,169 @@
+"""Harness for tests over real ROS 2 transport: an isolated DDS domain, a probe node in its own rclpy context
+spinning in a background thread, and the node under test in its own process (as on a vehicle).
+
+The environment is set at import, before any participant exists: Fast DDS reads the profile when a participant
+is created, and the shared-memory profile is what lets large best-effort images through (docs/ros.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+os.environ["ROS_DOMAIN_ID"] = str(20 + os.getpid() % 200)          # parallel runs do not see each other
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds_shm.xml")
+os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"
+os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="vl_anomaly_ros_log_"))
+
+import rclpy  # noqa: E402  (after the environment)
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+
+from vl_anomaly_ros.environment import ensure_venv_ament_prefix  # noqa: E402
+
+ensure_venv_ament_prefix()
+
+#: Settings shared by the node under test and the offline reference (small network input for speed).
+NODE_TEST_PARAMS = {"input_height": 256, "input_width": 512, "threads": 2, "diagnostics_period_s": 0.2}
+
+
+class RosProbe:
+    """A test-side node: publishers, recording subscriptions and waits, spinning in its own thread."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("vl_anomaly_test_probe", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.cond = threading.Condition()
+        self.received: dict[str, list] = collections.defaultdict(list)   # topic → [(message, monotonic time)]
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:                                                     # noqa: BLE001 — shutdown
+            pass
+
+    def subscribe(self, msg_type, topic: str, qos=10) -> None:
+        def record(msg, topic=topic):
+            with self.cond:
+                self.received[topic].append((msg, time.monotonic()))
+                self.cond.notify_all()
+
+        self.node.create_subscription(msg_type, topic, record, qos)
+
+    def publisher(self, msg_type, topic: str, qos=10):
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+    def count(self, topic: str) -> int:
+        with self.cond:
+            return len(self.received[topic])
+
+    def messages(self, topic: str) -> list:
+        with self.cond:
+            return [m for m, _ in self.received[topic]]
+
+    def diagnostics(self, node_name: str, after: float = 0.0) -> dict | None:
+        """Latest ``/diagnostics`` values of the node received after ``after`` (monotonic seconds); ``level`` and
+        ``message`` included. None if there is none."""
+        with self.cond:
+            entries = [(m, t) for m, t in self.received["/diagnostics"] if t > after]
+        for msg, _ in reversed(entries):
+            for status in msg.status:
+                if status.name == f"/{node_name}: frames":
+                    values = {kv.key: kv.value for kv in status.values}
+                    values["level"] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) \
+                        else int(status.level)
+                    values["message"] = status.message
+                    return values
+        return None
+
+    def wait_diagnostics(self, node_name: str, predicate, timeout: float) -> dict:
+        """Wait for diagnostics of the node *published after this call* that satisfy ``predicate(values)``."""
+        start = time.monotonic()
+        values = None
+        while time.monotonic() < start + timeout:
+            values = self.diagnostics(node_name, after=start)
+            if values is not None and predicate(values):
+                return values
+            time.sleep(0.05)
+        raise AssertionError(f"diagnostics of {node_name} never satisfied the condition; last: {values}")
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+class NodeProcess:
+    """The node under test, started like ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``."""
+
+    def __init__(self, name: str, params: dict | None = None, log_dir: Path | None = None,
+                 cmd: list[str] | None = None, remaps: dict | None = None) -> None:
+        self.name = name
+        self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{name}.log"
+        if cmd is None:
+            cmd = [sys.executable, "-m", "vl_anomaly_ros.anomaly_node", "--ros-args", "-r", f"__node:={name}",
+                   "--params-file", str(REPO_ROOT / "config" / "vl_anomaly.yaml")]
+            for key, value in (params or {}).items():
+                cmd += ["-p", f"{key}:={value}"]
+            for source, target in (remaps or {}).items():
+                cmd += ["-r", f"{source}:={target}"]
+        self._log = open(self.log_path, "w")
+        # Field checks (ROS_PYTHON_CHECK_FIELDS) stay on in the test process, where our messages are built and
+        # checked; the node runs as deployed: the checks walk every byte of an image (publishing 0.2 s instead
+        # of 5 ms for a 720p score map).
+        env = {k: v for k, v in os.environ.items() if k != "ROS_PYTHON_CHECK_FIELDS"}
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_node(probe: RosProbe, name: str, params: dict, log_dir: Path, timeout: float = 90.0,
+               remaps: dict | None = None, ready=("no input", "processing")) -> NodeProcess:
+    """Start a node process and wait until its diagnostics message starts with one of ``ready`` (default: active,
+    waiting for or processing input)."""
+    node = NodeProcess(name, params, log_dir, remaps=remaps)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        values = probe.diagnostics(name)
+        if values is not None and values["message"].startswith(ready):
+            return node
+        if not node.alive():
+            raise AssertionError(f"node {name} exited with {node.proc.returncode}:\n{node.log()}")
+        time.sleep(0.1)
+    node.stop()
+    raise AssertionError(f"node {name} did not become active in {timeout} s:\n{node.log()}")

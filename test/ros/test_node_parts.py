@@ -1,0 +1,157 @@
+"""The node's ROS-free parts: frame hand-off, accounting, flat-ground model, parameter table and shipped config."""
+
+from __future__ import annotations
+
+import math
+import threading
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import yaml
+
+import ros_harness  # noqa: F401  (environment before rclpy)
+from ros_harness import REPO_ROOT
+from vl_anomaly.postprocess import Obstacle
+from vl_anomaly_ros import params as P
+from vl_anomaly_ros.frame_queue import FrameQueue
+from vl_anomaly_ros.ground import PinholeCamera, ground_point, obstacle_ground_points
+from vl_anomaly_ros.stats import FrameStats
+
+
+def _queue(policy, depth=1):
+    drops = []
+    return FrameQueue(policy, depth, on_drop=lambda item, reason: drops.append((item, reason))), drops
+
+
+def test_latest_policy_keeps_the_newest_and_reports_each_drop():
+    queue, drops = _queue("latest")
+    for i in range(5):
+        queue.put(i)
+    assert queue.get(0) == 4 and queue.get(0) is None
+    assert drops == [(0, "superseded"), (1, "superseded"), (2, "superseded"), (3, "superseded")]
+
+
+def test_queue_policy_drops_the_oldest_when_full():
+    queue, drops = _queue("queue", 3)
+    for i in range(5):
+        queue.put(i)
+    assert [queue.get(0) for _ in range(3)] == [2, 3, 4]
+    assert drops == [(0, "queue_full"), (1, "queue_full")]
+
+
+def test_policy_change_and_close_account_for_waiting_frames():
+    queue, drops = _queue("queue", 4)
+    for i in range(4):
+        queue.put(i)
+    queue.configure("latest", 1)
+    assert drops == [(0, "superseded"), (1, "superseded"), (2, "superseded")]
+    queue.close()
+    assert drops[-1] == (3, "shutdown") and len(queue) == 0
+    queue.put(9)
+    assert drops[-1] == (9, "shutdown")
+    with pytest.raises(ValueError, match="latest, queue"):
+        queue.configure("fifo", 1)
+
+
+def test_get_blocks_until_a_frame_arrives():
+    queue, _ = _queue("latest")
+    threading.Timer(0.05, queue.put, args=("frame",)).start()
+    assert queue.get(timeout=5.0) == "frame"
+
+
+def test_stats_invariant_and_percentiles():
+    stats = FrameStats()
+    for _ in range(10):
+        stats.on_received()
+    for latency in (10.0, 20.0, 30.0, 40.0):
+        stats.on_processed(latency, latency + 1, {"inference": latency / 2})
+    stats.on_dropped("superseded")
+    stats.on_dropped("stale")
+    stats.on_rejected("encoding", "image encoding '32FC3' is not accepted")
+    snap = stats.snapshot()
+    assert snap["processed"] + snap["dropped_total"] + snap["rejected_total"] + snap["in_flight"] == 10
+    assert snap["in_flight"] == 3 and snap["dropped"] == {"superseded": 1, "stale": 1}
+    assert snap["latency_ms"]["p50"] == pytest.approx(25.0) and snap["latency_ms"]["max"] == 40.0
+    assert snap["last_rejection"].startswith("encoding:")
+
+
+CAMERA = PinholeCamera(fx=1000.0, fy=1000.0, cx=959.5, cy=539.5, width=1920, height=1080)
+
+
+def test_flat_ground_by_hand():
+    # Level camera 1.5 m above ground; a pixel 100 rows below the principal point sees ground at z = 1.5·1000/100.
+    x, y, z = ground_point(CAMERA, 959.5, 639.5, 1.5)
+    assert (x, y, z) == pytest.approx((0.0, 1.5, 15.0))
+    assert ground_point(CAMERA, 959.5, 539.5, 1.5) is None          # horizon
+    assert ground_point(CAMERA, 959.5, 300.0, 1.5) is None          # sky
+    # Pitched down 10°: the principal ray hits the ground at h / sin(10°) along the axis.
+    x, y, z = ground_point(CAMERA, 959.5, 539.5, 1.5, camera_pitch_deg=10.0)
+    assert z == pytest.approx(1.5 / math.sin(math.radians(10.0)))
+
+
+def test_ground_points_of_obstacles_scale_the_intrinsics():
+    obstacle = Obstacle(id=1, bbox=(950, 600, 20, 40), area_px=800, centroid=(960.0, 620.0), mean_score=0.9,
+                        max_score=1.0)
+    full = obstacle_ground_points([obstacle], CAMERA, 1920, 1080, 1.5)[0]
+    half_obstacle = Obstacle(id=1, bbox=(475, 300, 10, 20), area_px=200, centroid=(480.0, 310.0), mean_score=0.9,
+                             max_score=1.0)
+    half = obstacle_ground_points([half_obstacle], CAMERA, 960, 540, 1.5)[0]
+    assert full[2] == pytest.approx(1.5 * 1000 / (639 - 539.5))
+    assert half[2] == pytest.approx(full[2], rel=0.02)                 # same point seen at half resolution
+
+
+def test_parameter_validation_reasons():
+    assert P.validate("threshold", 0.7) is None and P.validate("threshold", float("nan")) is None
+    assert "type" in P.validate("threshold", "high")
+    assert "≥ 1" in P.validate("min_obstacle_area_px", 0)
+    assert "latest, queue" in P.validate("queue_policy", "fifo")
+    assert "registered" in P.validate("model", "resnet")
+    assert "cuda:N" in P.validate("device", "gpu0")
+    assert "multiple of 32" in P.validate("input_height", 250)
+    assert "must be a number" in P.validate("max_input_age_ms", float("nan"))
+    assert P.validate("nonexistent", 1) == "unknown parameter 'nonexistent'"
+    for name, spec in P.PARAMS.items():
+        assert P.validate(name, spec.default) is None, name
+        assert spec.description
+
+
+def test_descriptors_carry_ranges_and_read_only():
+    desc = P.descriptor("min_obstacle_area_px")
+    assert desc.integer_range[0].from_value == 1 and not desc.read_only
+    assert P.descriptor("model").read_only
+    assert P.descriptor("camera_pitch_deg").floating_point_range[0].to_value == 89.0
+    assert "latest" in P.descriptor("queue_policy").description
+
+
+def test_default_yaml_matches_the_parameter_table():
+    data = yaml.safe_load((REPO_ROOT / "config" / "vl_anomaly.yaml").read_text())
+    values = data["/**"]["ros__parameters"]
+    assert set(values) == set(P.PARAMS)
+    for name, value in values.items():
+        default = P.PARAMS[name].default
+        if isinstance(default, float) and math.isnan(default):
+            assert math.isnan(value)
+        else:
+            assert value == default and type(value) is type(default), name
+
+
+def test_fastdds_profile_and_rviz_config():
+    profile = ET.parse(REPO_ROOT / "config" / "fastdds_shm.xml").getroot()
+    ns = {"p": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    assert profile.find(".//p:transport_descriptor/p:segment_size", ns).text == "67108864"
+    assert profile.find(".//p:participant", ns).get("is_default_profile") == "true"
+    rviz = yaml.safe_load((REPO_ROOT / "config" / "vl_anomaly.rviz").read_text())
+    displays = {d["Name"]: d for d in rviz["Visualization Manager"]["Displays"]}
+    assert displays["Anomaly overlay"]["Topic"]["Value"] == "/vl_anomaly/overlay"
+    assert displays["Obstacle mask"]["Topic"]["Value"] == "/vl_anomaly/obstacle_mask"
+    score = displays["Anomaly score"]
+    assert score["Topic"]["Value"] == "/vl_anomaly/anomaly_score" and score["Normalize Range"] is False
+    assert (score["Min Value"], score["Max Value"]) == (0, 1)
+    assert displays["Camera"]["Topic"]["Reliability Policy"] == "Best Effort"
+    assert all(d["Class"] == "rviz_default_plugins/Image" for d in displays.values())
+
+
+def test_score_map_stays_finite_for_rviz(espnetv2_predictor, road_obstacle_image):
+    pred = espnetv2_predictor.predict(road_obstacle_image[::4, ::4].copy())
+    assert np.isfinite(pred.score_map).all() and pred.score_map.dtype == np.float32

@@ -1,0 +1,368 @@
+"""The node over real ROS 2 transport: real road images in (node in its own process, as on a vehicle), outputs
+checked against ``vl-anomaly predict``; bad-input corpus; overload; parameters; lifecycle; the launch runner."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from ros_harness import NODE_TEST_PARAMS, REPO_ROOT, NodeProcess, start_node
+from vl_anomaly import read_image
+from vl_anomaly_msgs.msg import ObstacleArray
+from vl_anomaly_ros.conversions import array_to_image_msg, image_msg_to_array
+
+NODE = "vl_anomaly_under_test"
+OUT = f"/{NODE}"
+FRAME_ID = "front_camera_optical"
+
+
+@pytest.fixture(scope="module")
+def images(anomaly_val) -> dict[str, Path]:
+    return {"0": anomaly_val / "RoadObstacle21" / "images" / "0.webp",       # 1920×1080
+            "1": anomaly_val / "RoadAnomaly21" / "images" / "1.png"}          # 1280×720
+
+
+@pytest.fixture(scope="module")
+def node(probe, ros_log_dir):
+    for topic, kind in (("anomaly_score", Image), ("obstacle_mask", Image), ("overlay", Image),
+                        ("obstacles", ObstacleArray)):
+        probe.subscribe(kind, f"{OUT}/{topic}", 50)
+    process = start_node(probe, NODE, {**NODE_TEST_PARAMS, "subscribe_compressed": True}, ros_log_dir)
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def image_pub(probe):
+    return probe.publisher(Image, "/image", 10)
+
+
+def _stamped(msg, sec: int, nanosec: int = 0):
+    msg.header.frame_id = FRAME_ID
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+    return msg
+
+
+def _by_stamp(probe, topic: str, sec: int):
+    for msg in probe.messages(topic):
+        if msg.header.stamp.sec == sec:
+            return msg
+    return None
+
+
+def _wait_output(probe, sec: int, timeout: float = 60.0, topics=("anomaly_score", "obstacle_mask", "obstacles")):
+    ok = probe.wait_for(lambda: all(_by_stamp(probe, f"{OUT}/{t}", sec) is not None for t in topics), timeout)
+    assert ok, f"no output for stamp {sec}"
+    return {t: _by_stamp(probe, f"{OUT}/{t}", sec) for t in topics}
+
+
+def _counters(probe, node_name=NODE, settle=lambda v: int(v["in_flight"]) == 0):
+    values = probe.wait_diagnostics(node_name, settle, 60.0)
+    return values
+
+
+def test_real_images_equal_offline_predict(probe, node, image_pub, images, tmp_path):
+    """Score maps published for real images equal what ``vl-anomaly predict`` writes for the same files."""
+    predict = subprocess.run(
+        [str(Path(sys.executable).parent / "vl-anomaly"), "predict", *map(str, images.values()), "-o", str(tmp_path),
+         "--model", "espnetv2_s2.0_cityscapes", "--input-size", "256", "512", "--threads", "2", "--drivable-only",
+         "--save", "npy", "mask", "json"], capture_output=True, text=True, timeout=300)
+    assert predict.returncode == 0, predict.stderr
+    total_obstacles = 0
+    for index, (stem, path) in enumerate(images.items()):
+        rgb = read_image(path)
+        sec = 1000 + index
+        image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), sec, 123456789))
+        out = _wait_output(probe, sec)
+        score, mask, obstacles = out["anomaly_score"], out["obstacle_mask"], out["obstacles"]
+        for msg in (score, mask, obstacles):
+            assert msg.header.frame_id == FRAME_ID
+            assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (sec, 123456789)
+        assert (score.encoding, mask.encoding) == ("32FC1", "mono8")
+        assert (score.height, score.width) == rgb.shape[:2] == (mask.height, mask.width)
+        offline = np.load(tmp_path / f"{stem}.score.npy")
+        np.testing.assert_array_equal(image_msg_to_array(score), offline)            # bit-exact
+        offline_mask = cv2.imread(str(tmp_path / f"{stem}.mask.png"), cv2.IMREAD_GRAYSCALE)
+        np.testing.assert_array_equal(image_msg_to_array(mask), offline_mask)
+        assert set(np.unique(offline_mask)) <= {0, 255}
+        record = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert [(o.x, o.y, o.width, o.height, o.area_px) for o in obstacles.obstacles] == \
+            [(*o["bbox"], o["area_px"]) for o in record["obstacles"]]
+        assert obstacles.score == "msp" and obstacles.threshold == pytest.approx(0.5)
+        total_obstacles += len(obstacles.obstacles)
+    assert total_obstacles > 0                                 # the obstacle lists were compared on real content
+
+
+def test_every_accepted_encoding_and_compressed_input(probe, node, image_pub, images):
+    rgb = read_image(images["1"])
+    reference = None
+    variants = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]),
+                "bgra8": np.dstack([rgb[..., ::-1], np.zeros(rgb.shape[:2], np.uint8)])}
+    for offset, (encoding, pixels) in enumerate(variants.items()):
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=pixels.shape[1] * pixels.shape[2],
+                    data=np.ascontiguousarray(pixels).tobytes())
+        sec = 2000 + offset
+        image_pub.publish(_stamped(msg, sec))
+        score = image_msg_to_array(_wait_output(probe, sec)["anomaly_score"])
+        if reference is None:
+            reference = score
+        np.testing.assert_array_equal(score, reference, err_msg=encoding)
+    gray = rgb[..., 1].copy()
+    image_pub.publish(_stamped(Image(height=gray.shape[0], width=gray.shape[1], encoding="mono8",
+                                     step=gray.shape[1], data=gray.tobytes()), 2010))
+    assert image_msg_to_array(_wait_output(probe, 2010)["anomaly_score"]).shape == gray.shape
+    ok, png = cv2.imencode(".png", rgb[..., ::-1])
+    compressed_pub = probe.publisher(CompressedImage, "/image/compressed", 10)
+    time.sleep(1.0)                                                            # discovery of the new publisher
+    compressed_pub.publish(_stamped(CompressedImage(format="png", data=png.tobytes()), 2011))
+    np.testing.assert_array_equal(image_msg_to_array(_wait_output(probe, 2011)["anomaly_score"]), reference)
+
+
+def test_overlay_is_published_while_subscribed(probe, node, image_pub, images):
+    rgb = read_image(images["0"])
+    image_pub.publish(_stamped(array_to_image_msg(rgb, "bgr8"), 2500))
+    overlay = _wait_output(probe, 2500, topics=("overlay",))["overlay"]
+    assert overlay.encoding == "bgr8" and (overlay.height, overlay.width) == rgb.shape[:2]
+    assert overlay.header.frame_id == FRAME_ID
+
+
+def _bad_corpus(good: np.ndarray) -> list[tuple[str, object, str]]:
+    """(reason expected, message, topic) for each kind of bad input."""
+    h, w = good.shape[:2]
+    data = good.tobytes()
+    nan_float = np.full((8, 8, 3), np.nan, np.float32)
+    return [
+        ("encoding", Image(height=h, width=w, encoding="yuv422", step=w * 2, data=data[: h * w * 2]), "/image"),
+        ("encoding", Image(height=8, width=8, encoding="32FC3", step=96, data=nan_float.tobytes()), "/image"),
+        ("step", Image(height=h, width=w, encoding="rgb8", step=w * 3 - 1, data=data), "/image"),
+        ("truncated", Image(height=h, width=w, encoding="rgb8", step=w * 3, data=data[: len(data) // 2]), "/image"),
+        ("empty", Image(height=0, width=0, encoding="rgb8", step=0, data=b""), "/image"),
+        ("too_large", Image(height=50_000, width=50_000, encoding="mono8", step=50_000, data=bytes(1024)), "/image"),
+        ("decode", CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0 truncated jpeg"), "/image/compressed"),
+        ("empty", CompressedImage(format="jpeg", data=b""), "/image/compressed"),
+    ]
+
+
+def test_bad_input_corpus_is_counted_and_the_node_survives(probe, node, image_pub, images):
+    good = read_image(images["1"])
+    before = _counters(probe)
+    compressed_pub = probe.publisher(CompressedImage, "/image/compressed", 10)
+    time.sleep(1.0)
+    corpus = _bad_corpus(good)
+    for index, (reason, msg, topic) in enumerate(corpus):
+        (image_pub if topic == "/image" else compressed_pub).publish(_stamped(msg, 3000 + index))
+        time.sleep(0.3)                                       # one at a time: each is rejected, none superseded
+    image_pub.publish(_stamped(array_to_image_msg(good, "rgb8"), 3100))
+    _wait_output(probe, 3100)
+    assert node.alive()
+    after = _counters(probe)
+    expected: dict[str, int] = {}
+    for reason, _, _ in corpus:
+        expected[reason] = expected.get(reason, 0) + 1
+    for reason, count in expected.items():
+        assert int(after.get(f"rejected.{reason}", 0)) - int(before.get(f"rejected.{reason}", 0)) == count, reason
+    assert int(after["received"]) - int(before["received"]) == len(corpus) + 1
+    assert int(after["processed"]) - int(before["processed"]) == 1
+    assert int(after["dropped"]) == int(before["dropped"])
+    assert "last rejection" in after["message"]
+    for stamp in range(3000, 3000 + len(corpus)):                 # nothing was published for a bad frame
+        assert _by_stamp(probe, f"{OUT}/anomaly_score", stamp) is None
+
+
+def _blast(probe, image_pub, msg_rgb, first_sec: int, count: int, interval: float) -> dict[int, float]:
+    sent = {}
+    for i in range(count):
+        sec = first_sec + i
+        sent[sec] = time.monotonic()
+        image_pub.publish(_stamped(array_to_image_msg(msg_rgb, "rgb8"), sec))
+        time.sleep(max(0.0, sent[sec] + interval - time.monotonic()))
+    return sent
+
+
+def _latencies(probe, sent: dict[int, float]) -> list[float]:
+    with probe.cond:
+        entries = list(probe.received[f"{OUT}/anomaly_score"])
+    return [t - sent[m.header.stamp.sec] for m, t in entries if m.header.stamp.sec in sent]
+
+
+@pytest.mark.parametrize("policy", ["latest", "queue"])
+def test_overload_bounded_latency_and_every_frame_accounted(probe, node, image_pub, images, policy):
+    from rclpy.parameter_client import AsyncParameterClient
+
+    rgb = read_image(images["1"])
+    # The node's own rate on this frame, measured now (sequentially, no queueing).
+    start = time.monotonic()
+    for i in range(3):
+        image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 4000 + i + (100 if policy == "queue" else 0)))
+        _wait_output(probe, 4000 + i + (100 if policy == "queue" else 0))
+    per_frame = (time.monotonic() - start) / 3
+    depth = 3
+    client = AsyncParameterClient(probe.node, NODE)
+    assert client.wait_for_services(10.0)
+    future = client.set_parameters([Parameter("queue_policy", value=policy), Parameter("queue_depth", value=depth)])
+    assert probe.wait_for(lambda: future.done(), 10.0) and all(r.successful for r in future.result().results)
+    before = _counters(probe)
+    first = 5000 if policy == "latest" else 6000
+    count = 20
+    sent = _blast(probe, image_pub, rgb, first, count, per_frame / 2)          # twice the node's rate
+    after = _counters(probe, settle=lambda v: int(v["in_flight"]) == 0
+                      and int(v["received"]) - int(before["received"]) >= count)
+    received = int(after["received"]) - int(before["received"])
+    processed = int(after["processed"]) - int(before["processed"])
+    dropped = int(after["dropped"]) - int(before["dropped"])
+    rejected = int(after["rejected"]) - int(before["rejected"])
+    assert received == count                                 # nothing lost before the node
+    assert processed + dropped + rejected == received and rejected == 0
+    reason = "superseded" if policy == "latest" else "queue_full"
+    assert int(after.get(f"dropped.{reason}", 0)) - int(before.get(f"dropped.{reason}", 0)) == dropped > 0
+    latencies = _latencies(probe, sent)
+    print(f"{policy}: {per_frame * 1e3:.0f} ms/frame, {received} in, {processed} processed, {dropped} dropped, "
+          f"latency max {max(latencies) * 1e3:.0f} ms")
+    assert len(latencies) == processed
+    waiting = 1 if policy == "latest" else depth
+    assert max(latencies) < (waiting + 2) * per_frame + 1.0, (latencies, per_frame)
+    future = client.set_parameters([Parameter("queue_policy", value="latest")])
+    assert probe.wait_for(lambda: future.done(), 10.0)
+
+
+def test_parameters_validated_at_run_time(probe, node, image_pub, images):
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(probe.node, NODE)
+    assert client.wait_for_services(10.0)
+
+    def set_one(name, value):
+        future = client.set_parameters([Parameter(name, value=value)])
+        assert probe.wait_for(lambda: future.done(), 10.0)
+        return future.result().results[0]
+
+    bad = {"queue_policy": "fifo", "min_obstacle_area_px": 0, "threshold": "high", "model": "espnet_p2_q8_cityscapes",
+           "camera_pitch_deg": 120.0, "max_input_age_ms": -1.0}
+    for name, value in bad.items():
+        result = set_one(name, value)
+        assert not result.successful and result.reason, name
+    assert "latest, queue" in set_one("queue_policy", "fifo").reason
+    assert set_one("threshold", 0.9).successful
+    image_pub.publish(_stamped(array_to_image_msg(read_image(images["1"]), "rgb8"), 7000))
+    assert _wait_output(probe, 7000)["obstacles"].threshold == pytest.approx(0.9)
+    assert set_one("threshold", float("nan")).successful                     # back to the score's default
+    assert node.alive()
+
+
+def test_ground_positions_with_camera_info(probe, node, image_pub, images):
+    from rclpy.parameter_client import AsyncParameterClient
+
+    rgb = read_image(images["1"])
+    h, w = rgb.shape[:2]
+    info_pub = probe.publisher(CameraInfo, "/camera_info", 10)
+    client = AsyncParameterClient(probe.node, NODE)
+    assert client.wait_for_services(10.0)
+    future = client.set_parameters([Parameter("camera_height_m", value=1.5)])
+    assert probe.wait_for(lambda: future.done(), 10.0) and future.result().results[0].successful
+    time.sleep(1.0)
+    info = CameraInfo(width=w, height=h)
+    info.k = [1000.0, 0.0, (w - 1) / 2, 0.0, 1000.0, (h - 1) / 2, 0.0, 0.0, 1.0]
+    info_pub.publish(_stamped(info, 7100))
+    time.sleep(0.5)
+    image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 7101))
+    obstacles = _wait_output(probe, 7101)["obstacles"].obstacles
+    assert obstacles, "this RoadAnomaly21 frame has obstacles at the default threshold"
+    assert any(o.has_ground_position for o in obstacles)
+    for o in obstacles:
+        bottom = o.y + o.height - 1
+        if bottom > (h - 1) / 2:                                    # below the horizon: on the ground
+            assert o.has_ground_position
+            assert o.ground_position.y == pytest.approx(1.5, rel=1e-5)
+            assert o.ground_position.z == pytest.approx(1.5 * 1000 / (bottom - (h - 1) / 2), rel=1e-4)
+            assert o.distance_m == pytest.approx(np.linalg.norm([o.ground_position.x, 1.5, o.ground_position.z]),
+                                                 rel=1e-5)
+        else:
+            assert not o.has_ground_position and np.isnan(o.distance_m)
+
+
+def test_lifecycle_transitions(probe, ros_log_dir, images):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    name = "vl_anomaly_lifecycle"
+    probe.subscribe(Image, f"/{name}/anomaly_score", 10)
+    process = start_node(probe, name, {**NODE_TEST_PARAMS, "autostart": False}, ros_log_dir,
+                         remaps={"image": "/lifecycle/image"}, ready=("unconfigured",))
+    try:
+        change = probe.node.create_client(ChangeState, f"/{name}/change_state")
+        get = probe.node.create_client(GetState, f"/{name}/get_state")
+        assert change.wait_for_service(10.0) and get.wait_for_service(10.0)
+
+        def call(client, request):
+            future = client.call_async(request)
+            assert probe.wait_for(lambda: future.done(), 60.0)
+            return future.result()
+
+        assert call(get, GetState.Request()).current_state.label == "unconfigured"
+        assert call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))).success
+        assert call(get, GetState.Request()).current_state.label == "inactive"
+        pub = probe.publisher(Image, "/lifecycle/image", 10)
+        time.sleep(1.0)
+        rgb = read_image(images["1"])
+        pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 8000))               # inactive: not subscribed
+        time.sleep(1.0)
+        assert probe.count(f"/{name}/anomaly_score") == 0
+        assert call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))).success
+        time.sleep(1.0)
+        pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 8001))
+        assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 60.0)
+        assert call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
+        assert call(get, GetState.Request()).current_state.label == "inactive"
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+def test_corrupt_weights_fail_configure_with_the_reason(ros_log_dir, tmp_path):
+    weights = tmp_path / "corrupt.pth"
+    weights.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
+    process = NodeProcess("vl_anomaly_corrupt", {**NODE_TEST_PARAMS, "weights": str(weights)}, ros_log_dir)
+    assert process.proc.wait(120) == 1
+    log = process.log()
+    process.stop()
+    assert "configure failed" in log and "corrupt.pth" in log
+
+
+def test_launch_file_through_the_runner(probe, tmp_path, images):
+    """config/ YAML + launch/ XML, run as ``vl_anomaly_launch`` does where ``ros2 launch`` is absent."""
+    import yaml
+
+    params = yaml.safe_load((REPO_ROOT / "config" / "vl_anomaly.yaml").read_text())
+    params["/**"]["ros__parameters"].update(NODE_TEST_PARAMS)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    name = "vl_anomaly_launched"
+    probe.subscribe(Image, f"/{name}/anomaly_score", 10)
+    log_path = tmp_path / "launch.log"
+    with open(log_path, "w") as log:
+        runner = subprocess.Popen([sys.executable, "-m", "vl_anomaly_ros.launch_runner", "vl_anomaly_ros",
+                                   "vl_anomaly.launch.xml", f"node_name:={name}", "image:=/launched/image_raw",
+                                   f"params_file:={params_file}"], cwd=REPO_ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        probe.wait_diagnostics(name, lambda v: v["message"].startswith("no input"), 90.0)
+        pub = probe.publisher(Image, "/launched/image_raw", qos_profile_sensor_data)     # a camera's QoS
+        time.sleep(1.0)
+        pub.publish(_stamped(array_to_image_msg(read_image(images["0"]), "bgr8"), 9000))
+        assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 60.0), log_path.read_text()
+    finally:
+        runner.send_signal(signal.SIGINT)
+        code = runner.wait(30)
+    text = log_path.read_text()
+    assert code == 0, text
+    assert f"starting {name}" in text and "exited with 0" in text
