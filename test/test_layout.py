@@ -64,3 +64,24 @@ def test_ci_runs_the_readme_commands():
     readme = (ROOT / "README.md").read_text()
     assert readme.count("<!-- ci:setup -->") == 1 and readme.count("<!-- ci:test -->") == 1
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_node_package_xml_declares_what_the_node_imports():
+    """package.xml stays honest: every ROS package or rosdep-keyed library the node imports is an exec_depend."""
+    rosdep_keys = {"cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml"}
+    pip_only = {"vl_anomaly", "torch"}                       # installed with pip (docs/ros.md), no rosdep keys
+    optional = {"cv_bridge"}                                 # used only when importable
+    stdlib = set(__import__("sys").stdlib_module_names)
+    declared = {d.text for d in ET.parse(ROOT / "package.xml").getroot().findall("exec_depend")}
+    needed = set()
+    for file in (ROOT / "vl_anomaly_ros").glob("*.py"):
+        for name in _imports(file) - stdlib - pip_only - optional - {"vl_anomaly_ros", "__future__"}:
+            needed.add(rosdep_keys.get(name, name))
+    assert needed <= declared, sorted(needed - declared)
+
+
+def test_docs_list_every_node_parameter():
+    from vl_anomaly_ros.params import PARAMS
+
+    text = (ROOT / "docs" / "ros.md").read_text()
+    assert [name for name in PARAMS if f"| `{name}` |" not in text] == []
