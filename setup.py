@@ -26,5 +26,10 @@ setup(
     entry_points={"console_scripts": [
         "anomaly_node = vl_anomaly_ros.anomaly_node:main",
         "vl_anomaly_launch = vl_anomaly_ros.launch_runner:main",
+    ], "vl_anomaly.commands": [
+        "make-bag = vl_anomaly_ros.cli:register_make_bag",
+        "replay = vl_anomaly_ros.cli:register_replay",
+        "replay-eval = vl_anomaly_ros.cli:register_replay_eval",
+        "ros-demo = vl_anomaly_ros.cli:register_ros_demo",
     ]},
 )

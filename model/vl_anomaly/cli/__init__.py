@@ -1,4 +1,5 @@
-"""The ``vl-anomaly`` command line: ``predict``, ``demo``, ``eval``, ``list-models``."""
+"""The ``vl-anomaly`` command line: ``predict``, ``demo``, ``eval``, ``list-models`` (+ commands of installed
+plugins such as the ROS 2 package: ``make-bag``, ``replay``, ``replay-eval``, ``ros-demo``)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=evaluate.main)
     m = sub.add_parser("list-models", help="registered models and their weights")
     m.set_defaults(func=_list_models)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub) -> None:
+    """Commands of other installed packages (entry-point group ``vl_anomaly.commands``: a callable that adds
+    its sub-parser). The ROS 2 package adds ``make-bag``, ``replay``, ``replay-eval`` and ``ros-demo`` this way,
+    so this core never imports ROS."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="vl_anomaly.commands"):
+        try:
+            entry.load()(sub)
+        except Exception as exc:                                       # noqa: BLE001 — a broken plugin is reported
+            logging.getLogger("vl_anomaly").warning("command %s from %s is unavailable: %s", entry.name,
+                                                    entry.value, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,125 @@
+"""Dataset → bag and bag reading (rosbags; no transport): content, formats, and clear errors on broken bags."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+import ros_harness  # noqa: F401  (environment)
+from vl_anomaly.datasets import load_dataset
+from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, image_to_array, stamp_ns, typestore,
+                                 write_dataset_bag)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset("road_anomaly_21")
+
+
+def test_dataset_bag_content(dataset, tmp_path):
+    summary = write_dataset_bag(dataset, tmp_path / "bag", rate_hz=4.0, max_frames=3, progress=False)
+    assert summary.frames == 3 and summary.duration_s == pytest.approx(0.5)
+    meta = yaml.safe_load((tmp_path / "bag" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["version"] == 9 and meta["storage_identifier"] == "mcap" and meta["message_count"] == 12
+    with BagFile(tmp_path / "bag") as bag:
+        assert bag.storage() == "mcap"
+        assert bag.find_image_topic() == ("/camera/image_raw", "sensor_msgs/msg/Image")
+        seen = {"/camera/image_raw": [], "/camera/camera_info": [], "/ground_truth/anomaly_mask": [],
+                "/ground_truth/frame_name": []}
+        for topic, t_ns, msg in bag.messages(list(seen)):
+            seen[topic].append((t_ns, msg))
+    assert all(len(v) == 3 for v in seen.values())
+    for i in range(3):
+        fid, rgb, label = dataset.load(i)
+        t_ns, image = seen["/camera/image_raw"][i]
+        assert t_ns == stamp_ns(image) == DEFAULT_START_NS + i * 250_000_000
+        assert image.encoding == "rgb8" and image.header.frame_id == "camera_optical"
+        np.testing.assert_array_equal(image_to_array(image), rgb)
+        gt = seen["/ground_truth/anomaly_mask"][i][1]
+        assert stamp_ns(gt) == t_ns and gt.encoding == "mono8"
+        np.testing.assert_array_equal(image_to_array(gt), label)
+        info = seen["/camera/camera_info"][i][1]
+        assert (info.width, info.height) == (rgb.shape[1], rgb.shape[0]) and not info.k.any()
+        assert seen["/ground_truth/frame_name"][i] == (t_ns, seen["/ground_truth/frame_name"][i][1])
+        assert seen["/ground_truth/frame_name"][i][1].data == f"road_anomaly_21/{fid}"
+
+
+def test_compressed_bag_and_custom_topics(dataset, tmp_path):
+    write_dataset_bag(dataset, tmp_path / "bag", max_frames=2, compressed="png", image_topic="/front/image",
+                      progress=False)
+    with BagFile(tmp_path / "bag") as bag:
+        topic, msgtype = bag.find_image_topic()
+        assert (topic, msgtype) == ("/front/image/compressed", "sensor_msgs/msg/CompressedImage")
+        first = next(m for _, _, m in bag.messages([topic]))
+    decoded = cv2.imdecode(np.asarray(first.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(decoded, dataset.load(0)[1])          # PNG: lossless
+
+
+def test_sqlite3_bags_are_read_too(tmp_path):
+    from rosbags.rosbag2 import Writer
+
+    store = typestore()
+    Image = store.types["sensor_msgs/msg/Image"]
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    with Writer(tmp_path / "sq", version=9) as writer:                 # rosbags' default: sqlite3
+        conn = writer.add_connection("/cam/img", "sensor_msgs/msg/Image", typestore=store)
+        msg = Image(header=Header(stamp=Time(sec=5, nanosec=7), frame_id="c"), height=2, width=3, encoding="bgr8",
+                    is_bigendian=0, step=9, data=pixels.reshape(-1))
+        writer.write(conn, 5_000_000_007, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    with BagFile(tmp_path / "sq") as bag:
+        assert bag.storage() == "sqlite3" and bag.find_image_topic()[0] == "/cam/img"
+        (_, t_ns, read), = list(bag.messages(["/cam/img"]))
+    assert t_ns == stamp_ns(read) == 5_000_000_007
+    np.testing.assert_array_equal(image_to_array(read), pixels)
+
+
+def test_broken_bags_name_the_file_and_what_was_read(dataset, tmp_path):
+    write_dataset_bag(dataset, tmp_path / "bag", max_frames=6, progress=False)
+    mcap = next((tmp_path / "bag").glob("*.mcap"))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tmp_path / "bag", truncated)
+    (truncated / mcap.name).write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    with pytest.raises(BagError) as err:
+        with BagFile(truncated) as bag:
+            list(bag.messages(["/camera/image_raw"]))
+    text = str(err.value)
+    assert str(truncated) in text and "truncated or corrupt" in text and "--recover" in text
+    recoverable = int(text.split(" complete messages")[0].rsplit(" ", 1)[1])
+    assert 0 < recoverable < 24
+    with BagFile(truncated, recover=True) as bag:                       # the intact prefix, byte for byte
+        images = [m for _, _, m in bag.messages(["/camera/image_raw"])]
+    assert 0 < len(images) < 6
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(image_to_array(image), dataset.load(i)[1])
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tmp_path / "bag", corrupt)
+    (corrupt / "metadata.yaml").write_text("rosbag2_bagfile_information: [not, a, bag")
+    with pytest.raises(BagError, match="cannot open bag .*corrupt"):
+        BagFile(corrupt)
+    with pytest.raises(BagError, match="does not exist"):
+        BagFile(tmp_path / "missing")
+    with pytest.raises(BagError, match="already exists"):
+        write_dataset_bag(dataset, tmp_path / "bag", max_frames=1, progress=False)
+    with pytest.raises(BagError, match="no topic /nope"):
+        with BagFile(tmp_path / "bag") as bag:
+            bag.find_image_topic("/nope")
+
+
+def test_make_bag_command(tmp_path):
+    """Through the installed ``vl-anomaly`` command: the ROS package's commands are discovered as plugins."""
+    exe = str(Path(sys.executable).parent / "vl-anomaly")
+    done = subprocess.run([exe, "make-bag", "--dataset", "road_anomaly_21", "-o", str(tmp_path / "b"),
+                           "--max-frames", "2", "--rate", "5"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 frames of road_anomaly_21" in done.stdout
+    again = subprocess.run([exe, "make-bag", "--dataset", "road_anomaly_21", "-o", str(tmp_path / "b")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already exists" in again.stderr
