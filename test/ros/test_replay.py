@@ -1,0 +1,126 @@
+"""Bag → node (own process, real ROS 2 transport) → output bag → metrics, equal to the offline evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import ros_harness  # noqa: F401  (environment)
+from ros_harness import NODE_TEST_PARAMS
+from vl_anomaly import create_predictor
+from vl_anomaly.datasets import load_dataset
+from vl_anomaly.evaluation import run_evaluation
+from vl_anomaly_ros.bags import BagError, BagFile, image_to_array, write_dataset_bag
+from vl_anomaly_ros.replay import replay
+from vl_anomaly_ros.replay_eval import replay_eval
+
+NODE_PARAMS = {k: v for k, v in NODE_TEST_PARAMS.items() if k != "diagnostics_period_s"}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset("road_anomaly_21")
+
+
+@pytest.fixture(scope="module")
+def input_bag(dataset, tmp_path_factory):
+    path = tmp_path_factory.mktemp("replay") / "road_anomaly_21"
+    write_dataset_bag(dataset, path, rate_hz=10.0, progress=False)
+    return path
+
+
+def test_replay_metrics_equal_offline_evaluation(dataset, input_bag, tmp_path):
+    result = replay(input_bag, tmp_path / "out", node_name="vl_anomaly_replay_t1", node_params=NODE_PARAMS,
+                    progress=False)
+    assert result.frames_published == len(dataset) == 10
+    c = result.node_counters
+    assert (c["received_in_replay"], c["processed"], c["dropped"], c["rejected"], c["lost_before_node"]) == \
+        (10, 10, 0, 0, 0)
+    assert result.outputs["/vl_anomaly_replay_t1/anomaly_score"] == 10
+    assert result.outputs["/vl_anomaly_replay_t1/overlay"] == 10
+    assert result.latency_ms["n"] == 10 and result.latency_ms["p50"] > 0
+    assert json.loads((tmp_path / "out.replay.json").read_text())["frames_published"] == 10
+
+    replayed = replay_eval(input_bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t1",
+                           progress=False)
+    predictor = create_predictor("espnetv2_s2.0_cityscapes", input_size=(256, 512))
+    offline = run_evaluation([dataset], ["msp"], tmp_path / "offline", predictor, workers=1)
+    ours = replayed["datasets"]["road_anomaly_21"]["scores"]["msp"]
+    reference = offline["datasets"]["road_anomaly_21"]["scores"]["msp"]
+    assert ours["pixel"] == reference["pixel"]                       # identical, not just close
+    assert ours["pixel_exact"] == reference["pixel_exact"]
+    assert ours["component"] == reference["component"]
+    assert ours["frame_AP"] == reference["frame_AP"]
+    info = replayed["replay"]
+    assert (info["frames_in"], info["frames_out"], info["frames_without_output"]) == (10, 10, [])
+    assert info["node_counters"]["processed"] == 10 and info["latency_ms"]["n"] == 10
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Replay" in report and "| 10 | 10 | 0 | 10 | 0 | 0 |" in report
+    assert (tmp_path / "eval" / "plots" / "road_anomaly_21_curves.png").is_file()
+
+
+def test_replay_compressed_bag_any_topic_recorded_pace_with_drops(dataset, tmp_path):
+    """A compressed bag on another topic, played at 4× the node's speed: frames the node cannot take are dropped
+    by its policy and counted; replay-eval evaluates the frames with output and lists the others."""
+    bag = tmp_path / "fast"
+    write_dataset_bag(dataset, bag, rate_hz=20.0, compressed="png", image_topic="/front/cam", max_frames=8,
+                      progress=False)
+    result = replay(bag, tmp_path / "out", node_name="vl_anomaly_replay_t2", pace="recorded",
+                    node_params={**NODE_PARAMS, "queue_policy": "latest"}, record_overlay=False, progress=False)
+    c = result.node_counters
+    assert result.image_topic == "/front/cam/compressed" and result.frames_published == 8
+    assert c["lost_before_node"] == 0 and c["rejected"] == 0
+    assert c["processed"] + c["dropped"] == 8 and c["dropped"] > 0 and c.get("dropped.superseded") == c["dropped"]
+    assert "/vl_anomaly_replay_t2/overlay" not in result.outputs
+    evaluated = replay_eval(bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t2",
+                            progress=False)["replay"]
+    assert evaluated["frames_out"] == c["processed"]
+    assert len(evaluated["frames_without_output"]) == c["dropped"]
+    with BagFile(tmp_path / "out") as out:                            # the output bag is a regular mcap bag
+        scores = [m for _, _, m in out.messages(["/vl_anomaly_replay_t2/anomaly_score"])]
+    assert len(scores) == c["processed"]
+    assert all(image_to_array(s).dtype == np.float32 and np.isfinite(image_to_array(s)).all() for s in scores)
+
+
+def test_truncated_bag_replays_only_with_recover(dataset, input_bag, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(input_bag, damaged)
+    mcap = next(damaged.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: int(mcap.stat().st_size * 0.35)])
+    with pytest.raises(BagError, match="pass --recover"):
+        replay(damaged, tmp_path / "out", node_name="vl_anomaly_replay_t3", node_params=NODE_PARAMS, progress=False)
+    assert not (tmp_path / "out").exists()
+    result = replay(damaged, tmp_path / "out", node_name="vl_anomaly_replay_t3", node_params=NODE_PARAMS,
+                    progress=False, recover=True, record_overlay=False)
+    assert 0 < result.frames_published < 10
+    assert result.node_counters["processed"] == result.frames_published
+    evaluated = replay_eval(damaged, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t3",
+                            progress=False, recover=True)["replay"]
+    # Frames whose image survived but whose ground truth was cut off are replayed but cannot be scored.
+    assert evaluated["frames_out"] + evaluated["outputs_without_ground_truth"] == result.frames_published
+    assert evaluated["frames_out"] > 0
+
+
+def test_replay_sqlite3_bag(input_bag, tmp_path):
+    """rosbag2's other storage: the same frames copied into a sqlite3 bag replay the same way."""
+    from rosbags.rosbag2 import Writer
+
+    sqlite_bag = tmp_path / "sqlite"
+    with BagFile(input_bag) as source, Writer(sqlite_bag, version=9) as writer:
+        connections = {}
+        for topic, msgtype, t_ns, data in source.raw_messages(list(source.topics)):
+            if t_ns >= 1767225600200000000:                                  # the first two frames
+                break
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msgtype, typestore=source.store)
+            writer.write(connections[topic], t_ns, data)
+    assert next(sqlite_bag.glob("*.db3"))
+    result = replay(sqlite_bag, tmp_path / "out", node_name="vl_anomaly_replay_t4", node_params=NODE_PARAMS,
+                    progress=False, record_overlay=False)
+    assert result.frames_published == 2 and result.node_counters["processed"] == 2
+    evaluated = replay_eval(sqlite_bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t4",
+                            progress=False)
+    assert evaluated["replay"]["frames_out"] == 2
