@@ -316,8 +316,12 @@ def write_report(results: dict, out_dir: Path) -> Path:
 
 def run_evaluation(datasets: list[AnomalyDataset], scores: list[str], out_dir: Path,
                    predictor: AnomalyPredictor | None, weights: str = "default", mode: str = "official",
-                   workers: int = 2, saved_maps: Path | None = None) -> dict:
-    """Infer (or reuse/copy score maps), compute metrics, write ``results.json``, ``report.md`` and plots."""
+                   workers: int = 2, saved_maps: Path | None = None, fusion=None) -> dict:
+    """Infer (or reuse/copy score maps), compute metrics, write ``results.json``, ``report.md`` and plots.
+
+    With ``fusion`` (a :class:`vl_anomaly.fusion.FusionCfg`), its sources are inferred too and the fused score
+    is evaluated as the extra score ``fused``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = EvalTimings()
     start = time.perf_counter()
@@ -328,10 +332,22 @@ def run_evaluation(datasets: list[AnomalyDataset], scores: list[str], out_dir: P
                "machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "torch_threads": torch.get_num_threads()},
                "predictor": predictor.describe() if predictor else None, "datasets": {}}
+    if fusion is not None:
+        if saved_maps is not None:
+            raise ValueError("fusion needs the source score maps of a model; it cannot use --score-maps")
+        results["fusion"] = fusion.to_dict()
     for dataset in datasets:
         t0 = time.perf_counter()
-        inferred = produce_score_maps(dataset, predictor, scores, out_dir, weights, workers, timings, saved_maps)
-        per_score = evaluate_dataset(dataset, scores, out_dir, mode, workers, timings)
+        inferred_scores = list(dict.fromkeys(scores + (fusion.sources if fusion is not None else [])))
+        inferred = produce_score_maps(dataset, predictor, inferred_scores, out_dir, weights, workers, timings,
+                                      saved_maps)
+        evaluated = list(scores)
+        if fusion is not None:
+            from .calibration import write_fused_maps
+
+            write_fused_maps(dataset, out_dir / "score_maps", fusion)
+            evaluated.append("fused")
+        per_score = evaluate_dataset(dataset, evaluated, out_dir, mode, workers, timings)
         results["datasets"][dataset.name] = {
             "root": str(dataset.root), "layout": dataset.layout, "num_frames": len(dataset),
             "count_note": dataset.count_note(), "track": dataset.track, "frames_inferred": inferred,

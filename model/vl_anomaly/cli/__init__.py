@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..errors import VLAnomalyError
-from . import demo, evaluate, predict
+from . import calibrate, demo, evaluate, predict
 
 
 def _list_models(args: argparse.Namespace) -> int:
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="benchmark metrics (official parity), report and plots on datasets")
     evaluate.add_arguments(e)
     e.set_defaults(func=evaluate.main)
+    c = sub.add_parser("calibrate", help="fit one shared set of fusion weights on calibration sets")
+    calibrate.add_arguments(c)
+    c.set_defaults(func=calibrate.main)
     m = sub.add_parser("list-models", help="registered models and their weights")
     m.set_defaults(func=_list_models)
     _add_plugin_commands(sub)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..datasets import list_datasets, load_dataset
 from ..evaluation import run_evaluation
+from ..fusion import FusionCfg
 from ..scores import list_scores
 from . import predict
 
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loading threads")
     parser.add_argument("--score-maps", default=None,
                         help="evaluate saved score maps <DIR>/<dataset>/<frame id>.npy instead of running a model")
+    parser.add_argument("--fusion", default=None, metavar="YAML",
+                        help="also evaluate the fused score of this fusion config (vl-anomaly calibrate)")
     parser.add_argument("-o", "--output", default=None, help="output folder (default outputs/eval/<model>)")
 
 
@@ -36,8 +39,9 @@ def main(args: argparse.Namespace) -> int:
         args.score = scores[0]
         predictor = predict.build_predictor(args)
     out = Path(args.output or f"outputs/eval/{predictor.name if predictor else 'saved_maps'}")
+    fusion = FusionCfg.load(args.fusion) if args.fusion else None
     results = run_evaluation(datasets, scores, out, predictor, weights=args.weights, mode=args.mode,
-                             workers=args.workers, saved_maps=saved)
+                             workers=args.workers, saved_maps=saved, fusion=fusion)
     for name, ds in results["datasets"].items():
         for score, r in ds["scores"].items():
             px = r["pixel"]

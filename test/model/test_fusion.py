@@ -1,0 +1,140 @@
+"""Fusion (R12) and its calibration: validation, YAML round trip, recovery of known weights, eval integration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_curve
+
+from vl_anomaly.calibration import ap_fpr95, fit_fusion, sample_pixels, write_fused_maps
+from vl_anomaly.errors import ConfigError
+from vl_anomaly.fusion import FusionCfg, SourceNorm, fuse, simplex_grid
+
+
+def test_source_norm_and_fuse_by_hand():
+    cfg = FusionCfg({"a": 0.25, "b": 0.75}, {"a": SourceNorm(0.0, 2.0), "b": SourceNorm(-10.0, -5.0)})
+    maps = {"a": np.array([[0.0, 1.0, 4.0]]), "b": np.array([[-20.0, -7.5, -5.0]])}
+    np.testing.assert_allclose(fuse(maps, cfg), [[0.0, 0.25 * 0.5 + 0.75 * 0.5, 0.25 + 0.75]])
+    assert fuse(maps, cfg).dtype == np.float32
+
+
+@pytest.mark.parametrize("weights, norms, match", [
+    ({"a": 0.5, "b": 0.6}, {"a": (0, 1), "b": (0, 1)}, "sum to 1"),
+    ({"a": -0.5, "b": 1.5}, {"a": (0, 1), "b": (0, 1)}, "≥ 0"),
+    ({"a": 1.0}, {}, "no normalisation"),
+    ({}, {}, "at least one source"),
+])
+def test_invalid_fusion_configs(weights, norms, match):
+    with pytest.raises(ConfigError, match=match):
+        FusionCfg(weights, {k: SourceNorm(*v) for k, v in norms.items()})
+    with pytest.raises(ConfigError, match="lo < hi"):
+        SourceNorm(1.0, 1.0)
+
+
+def test_yaml_round_trip_and_bad_files(tmp_path):
+    cfg = FusionCfg({"msp": 0.6, "entropy": 0.4}, {"msp": SourceNorm(0.0, 0.7), "entropy": SourceNorm(0.0, 0.6)},
+                    {"calibration_sets": {"road_anomaly_21": {"pixels": 10}}})
+    loaded = FusionCfg.load(cfg.save(tmp_path / "f.yaml"))
+    assert loaded == cfg and loaded.sources == ["msp", "entropy"]
+    (tmp_path / "bad.yaml").write_text("weights: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        FusionCfg.load(tmp_path / "bad.yaml")
+    (tmp_path / "partial.yaml").write_text("weights: {msp: 1.0}\n")
+    with pytest.raises(ConfigError, match="normalization"):
+        FusionCfg.load(tmp_path / "partial.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        FusionCfg.load(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="needs source maps"):
+        fuse({"msp": np.zeros((2, 2))}, cfg)
+
+
+def test_simplex_grid():
+    grid = simplex_grid(3, 0.1)
+    assert grid.shape == (66, 3)                                   # C(10 + 2, 2)
+    np.testing.assert_allclose(grid.sum(1), 1.0)
+    assert len({tuple(np.round(g, 6)) for g in grid}) == 66
+    assert simplex_grid(4, 0.1).shape == (286, 4)
+    with pytest.raises(ConfigError, match="divide 1"):
+        simplex_grid(2, 0.3)
+
+
+def test_histogram_ap_matches_scikit_learn():
+    rng = np.random.default_rng(1)
+    y = (rng.random(200_000) < 0.1).astype(np.uint8)
+    score = np.clip(0.3 * y + rng.normal(0.4, 0.15, y.size), 0, 1).astype(np.float32)
+    ap, fpr95 = ap_fpr95(score, y)
+    assert ap == pytest.approx(average_precision_score(y, score), abs=2e-3)
+    fpr, tpr, _ = roc_curve(y, score)
+    assert fpr95 == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=2e-3)
+
+
+def test_calibration_recovers_known_weights():
+    """Labels defined by a known mixture of three sources (plus a useless fourth): the grid finds the mixture."""
+    rng = np.random.default_rng(0)
+    n = 300_000
+    raw = rng.random((n, 4)).astype(np.float32)
+    scales = np.array([1.0, 4.0, 0.5, 2.0], np.float32)                 # different units per source
+    offsets = np.array([0.0, -10.0, 0.2, 3.0], np.float32)
+    X = raw * scales + offsets
+    truth = 0.5 * raw[:, 0] + 0.3 * raw[:, 1] + 0.2 * raw[:, 2]
+    y = (truth > np.quantile(truth, 0.9)).astype(np.uint8)
+    half = n // 2
+    cfg = fit_fusion({"a": (X[:half], y[:half]), "b": (X[half:], y[half:])}, ["s0", "s1", "s2", "s3"], step=0.1)
+    assert cfg.weights == pytest.approx({"s0": 0.5, "s1": 0.3, "s2": 0.2, "s3": 0.0})
+    assert cfg.record["calibration_AuPRC"] > 99.0
+    assert cfg.record["calibration_sets"]["a"]["pixels"] == half
+    assert max(v["AuPRC"] for v in cfg.record["single_sources"].values()) < 90.0
+
+
+class _Dataset:
+    """A tiny dataset with labels in memory (the loader interface calibration uses)."""
+
+    def __init__(self, labels):
+        from vl_anomaly.datasets import Frame
+
+        self.name = "tiny"
+        self.labels = labels
+        self.frames = [Frame(str(i), None, None) for i in range(len(labels))]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load_label(self, index):
+        return self.labels[index]
+
+
+def test_sampling_and_fused_maps_on_disk(tmp_path):
+    rng = np.random.default_rng(3)
+    labels = [rng.choice(np.array([0, 1, 255], np.uint8), size=(20, 30), p=[0.7, 0.2, 0.1]) for _ in range(3)]
+    dataset = _Dataset(labels)
+    for source, offset in (("msp", 0.0), ("entropy", 0.5)):
+        folder = tmp_path / "tiny" / source
+        folder.mkdir(parents=True)
+        for i, label in enumerate(labels):
+            np.save(folder / f"{i}.npy", (label == 1).astype(np.float16) * 0.5 + np.float16(offset))
+    X, y = sample_pixels(dataset, tmp_path, ["msp", "entropy"], pixels=10_000)
+    assert X.shape == (int(sum((lab != 255).sum() for lab in labels)), 2)        # all valid pixels, no void
+    np.testing.assert_array_equal(y, (X[:, 0] > 0.25).astype(np.uint8))
+    cfg = fit_fusion({"tiny": (X, y)}, ["msp", "entropy"], step=0.5)
+    folder = write_fused_maps(dataset, tmp_path, cfg)
+    fused = np.load(folder / "0.npy")
+    assert fused.dtype == np.float16 and fused.shape == (20, 30)
+    assert set(np.unique(fused[labels[0] == 1])) == {1.0} and set(np.unique(fused[labels[0] == 0])) == {0.0}
+    with pytest.raises(ConfigError, match="missing"):
+        sample_pixels(dataset, tmp_path, ["msp", "energy"])
+
+
+def test_eval_with_a_fusion_config(tmp_path, anomaly_val):
+    """``run_evaluation(fusion=...)`` infers the sources and evaluates the fused score beside them."""
+    from vl_anomaly import create_predictor
+    from vl_anomaly.datasets import load_dataset
+    from vl_anomaly.evaluation import run_evaluation
+
+    dataset = load_dataset("road_anomaly_21")
+    dataset.frames = dataset.frames[:2]
+    predictor = create_predictor("espnetv2_s2.0_cityscapes", input_size=(128, 256))
+    cfg = FusionCfg({"msp": 1.0, "entropy": 0.0}, {"msp": SourceNorm(0.0, 1.0), "entropy": SourceNorm(0.0, 1.0)})
+    results = run_evaluation([dataset], ["msp"], tmp_path, predictor, workers=1, fusion=cfg)
+    scores = results["datasets"]["road_anomaly_21"]["scores"]
+    assert set(scores) == {"msp", "fused"} and results["fusion"]["weights"]["msp"] == 1.0
+    assert scores["fused"]["pixel"]["AuPRC"] == pytest.approx(scores["msp"]["pixel"]["AuPRC"], abs=0.05)
