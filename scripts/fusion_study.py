@@ -1,0 +1,100 @@
+"""Cost of one shared fusion config: per-dataset-tuned weights vs leave-one-dataset-out vs the best single score.
+
+Uses the score maps of ``vl-anomaly eval`` runs (docs/results.md commands) in ``outputs/results/<model>``:
+
+* **tuned on the set itself** (the paper's practice, an oracle: the weights saw the evaluation set);
+* **leave-one-dataset-out** (ours, honest): calibrated on the other three shared sets, evaluated on this one;
+* **shipped**: calibrated on all four sets, written to ``config/fusion/<model>.yaml`` (its record says so; any
+  number on these four sets with it has seen them);
+* the best and the default (MSP) single scores, from the same evaluation.
+
+All reported numbers are official-mode pixel metrics on full maps (vl_anomaly.evaluation). Writes
+``<eval dir>/fusion_study.json`` and prints a markdown table.
+
+    .venv/bin/python scripts/fusion_study.py outputs/results/espnetv2_s2.0_cityscapes outputs/results/espnet_p2_q8_cityscapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vl_anomaly.calibration import fit_fusion, sample_pixels, write_fused_maps
+from vl_anomaly.datasets import load_dataset
+from vl_anomaly.evaluation import evaluate_dataset
+
+SOURCES = ["msp", "max_logit", "entropy", "energy"]
+SETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def study(eval_dir: Path, step: float, pixels: int) -> dict:
+    model = eval_dir.name
+    datasets = {name: load_dataset(name) for name in SETS}
+    maps = eval_dir / "score_maps"
+    samples = {name: sample_pixels(ds, maps, SOURCES, pixels) for name, ds in datasets.items()}
+    single = json.loads((eval_dir / "results.json").read_text())["datasets"]
+    out = {"model": model, "sources": SOURCES, "step": step, "pixels_per_set": pixels, "sets": {}}
+    shipped = fit_fusion(samples, SOURCES, step, model=model)
+    shipped.record["note"] = ("calibrated on all four shared validation sets: numbers on these sets with this "
+                              "config have seen them")
+    shipped.save(REPO / "config" / "fusion" / f"{model}.yaml")
+    out["shipped_weights"] = shipped.weights
+    for name, dataset in datasets.items():
+        tuned = fit_fusion({name: samples[name]}, SOURCES, step, model=model)
+        lodo = fit_fusion({k: v for k, v in samples.items() if k != name}, SOURCES, step, model=model)
+        write_fused_maps(dataset, maps, tuned, "fused_tuned")
+        write_fused_maps(dataset, maps, lodo, "fused_lodo")
+        write_fused_maps(dataset, maps, shipped, "fused_shipped")
+        metrics = evaluate_dataset(dataset, ["fused_tuned", "fused_lodo", "fused_shipped"], eval_dir, "official")
+        scores = single[name]["scores"]
+        best = max(SOURCES, key=lambda s: scores[s]["pixel"]["AuPRC"])
+        out["sets"][name] = {
+            "msp": _px(scores["msp"]), "best_single": {"score": best, **_px(scores[best])},
+            "tuned": {"weights": tuned.weights, **_px(metrics["fused_tuned"])},
+            "lodo": {"weights": lodo.weights, **_px(metrics["fused_lodo"])},
+            "shipped": _px(metrics["fused_shipped"]),
+        }
+    (eval_dir / "fusion_study.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _px(entry: dict) -> dict:
+    return {"AuPRC": entry["pixel"]["AuPRC"], "FPR95": entry["pixel"]["FPR95"]}
+
+
+def _w(weights: dict) -> str:
+    return ", ".join(f"{s} {w:.1f}" for s, w in weights.items() if w > 0)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | set | MSP AP / FPR95 | best single (score) | fused, tuned on the set (oracle) | "
+             "fused, leave-one-set-out | fused, shipped (saw all 4) |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for name, s in r["sets"].items():
+            lines.append(
+                f"| {r['model']} | {name} | {s['msp']['AuPRC']:.2f} / {s['msp']['FPR95']:.2f} | "
+                f"{s['best_single']['AuPRC']:.2f} / {s['best_single']['FPR95']:.2f} ({s['best_single']['score']}) | "
+                f"{s['tuned']['AuPRC']:.2f} / {s['tuned']['FPR95']:.2f} ({_w(s['tuned']['weights'])}) | "
+                f"{s['lodo']['AuPRC']:.2f} / {s['lodo']['FPR95']:.2f} ({_w(s['lodo']['weights'])}) | "
+                f"{s['shipped']['AuPRC']:.2f} / {s['shipped']['FPR95']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_dirs", nargs="+")
+    parser.add_argument("--step", type=float, default=0.1)
+    parser.add_argument("--pixels", type=int, default=400_000)
+    args = parser.parse_args()
+    results = [study(Path(d), args.step, args.pixels) for d in args.eval_dirs]
+    print(table(results))
+    for r in results:
+        print(f"shipped {r['model']}: {_w(r['shipped_weights'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
