@@ -70,6 +70,7 @@ class Mask2FormerSegmenter(nn.Module):
         self.model = hf_model
         self.num_classes = hf_model.config.num_labels
         self.feature_channels = hf_model.config.mask_feature_size
+        self.query_dim = hf_model.config.hidden_dim
 
     @classmethod
     def from_config(cls, arch: dict, num_classes: int = 19) -> "Mask2FormerSegmenter":

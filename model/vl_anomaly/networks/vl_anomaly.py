@@ -1,0 +1,103 @@
+"""VL-Anomaly (our reconstruction): a closed-set segmenter + frozen CLIP + learned prompts + PL-Aligner.
+
+``VLAnomalyModel(segmenter, clip)`` runs the segmenter (its :class:`~vl_anomaly.outputs.SegmenterOutput` gives
+``pixel_features`` and, for Mask2Former, ``query_embeddings`` and mask logits), computes the class text
+embeddings ``T`` with the prompt learner (training) or reads them from the cache (inference), and aligns:
+layer 1 on the pixel features, layer 2 on the mask queries (mask-query segmenters only; on the ESPNet pixel
+classifiers the aligner has layer 1 only). Trainable: prompt context, both aligner layers, and the segmenter only
+when ``freeze_segmenter=False``; CLIP never.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..constants import CITYSCAPES_CLASSES
+from ..outputs import SegmenterOutput
+from .clip_towers import FrozenCLIP
+from .pl_aligner import MaskTextAligner, PixelTextAligner
+from .prompt_learner import PromptLearner
+
+
+@dataclass
+class VLOutput:
+    """Outputs of :class:`VLAnomalyModel` for a batch.
+
+    Attributes:
+        base: the segmenter's output (logits at input resolution, features, queries).
+        s_pix: ``(B, K, h, w)`` pixel–text logits (R5) on the feature grid (stride ``base.feature_stride``).
+        s_mask: ``(B, N, K + 1)`` query–text logits (R8, last column no-object), or None without mask queries.
+        text: ``(K, D)`` the class text embeddings used.
+    """
+
+    base: SegmenterOutput
+    s_pix: torch.Tensor
+    s_mask: torch.Tensor | None
+    text: torch.Tensor
+
+
+class VLAnomalyModel(nn.Module):
+    """Args: segmenter (with ``feature_channels`` and ``has_mask_queries``), frozen CLIP, class names,
+    prompt context length, attention heads, temperature, whether the segmenter is frozen."""
+
+    def __init__(self, segmenter: nn.Module, clip: FrozenCLIP, class_names: tuple[str, ...] = CITYSCAPES_CLASSES,
+                 n_ctx: int = 16, heads: int = 8, tau: float = 0.07, freeze_segmenter: bool = True) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.clip = clip
+        self.prompts = PromptLearner(clip, list(class_names), n_ctx=n_ctx)
+        dim = clip.embed_dim
+        heads = heads if dim % heads == 0 else 1
+        self.pixel_aligner = PixelTextAligner(segmenter.feature_channels, dim, heads=heads, tau=tau)
+        self.mask_aligner = None
+        if getattr(segmenter, "has_mask_queries", False):
+            self.mask_aligner = MaskTextAligner(segmenter.query_dim, dim, heads=heads, tau=tau)
+        self.freeze_segmenter = freeze_segmenter
+        if freeze_segmenter:
+            for parameter in self.segmenter.parameters():
+                parameter.requires_grad_(False)
+        self.register_buffer("text_embeddings", torch.zeros(len(class_names), dim))
+        self.register_buffer("text_cache_valid", torch.zeros((), dtype=torch.bool))
+        self.has_mask_queries = getattr(segmenter, "has_mask_queries", False)
+
+    def train(self, mode: bool = True) -> "VLAnomalyModel":
+        super().train(mode)
+        if self.freeze_segmenter:
+            self.segmenter.eval()                  # frozen BatchNorm statistics too
+        self.clip.train(False)
+        if mode:
+            self.text_cache_valid.fill_(False)     # prompts may change: recompute before the next inference
+        return self
+
+    @torch.no_grad()
+    def refresh_text_cache(self) -> torch.Tensor:
+        """Compute ``T`` once with the current prompts and keep it (saved with the checkpoint)."""
+        self.text_embeddings.copy_(self.prompts(self.clip))
+        self.text_cache_valid.fill_(True)
+        return self.text_embeddings
+
+    def class_text(self) -> torch.Tensor:
+        """``(K, D)``: from the prompt learner while training, from the cache at inference (the text tower never
+        runs per frame)."""
+        if self.training:
+            return self.prompts(self.clip)
+        if not bool(self.text_cache_valid):
+            self.refresh_text_cache()
+        return self.text_embeddings
+
+    def forward(self, pixel_values: torch.Tensor) -> VLOutput:
+        """``pixel_values (B, 3, H, W)`` pre-processed → :class:`VLOutput`."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_segmenter):
+            base = self.segmenter(pixel_values)
+        text = self.class_text()
+        z, s_pix = self.pixel_aligner(base.pixel_features, text)
+        s_mask = None
+        if self.mask_aligner is not None and base.query_embeddings is not None:
+            _, s_mask = self.mask_aligner(base.query_embeddings, z, text)
+        return VLOutput(base=base, s_pix=s_pix, s_mask=s_mask, text=text)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}

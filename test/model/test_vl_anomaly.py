@@ -1,0 +1,152 @@
+"""The vision-language parts on tiny random CLIP configs (real BPE tokenizer) and real or tiny segmenters.
+
+Random CLIP weights make the text and CLIP scores meaningless: these tests check shapes, ranges, what is frozen,
+where gradients go, caching, saving and loading — never the scores' quality.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vl_anomaly.errors import WeightsError
+from vl_anomaly.networks.clip_towers import FrozenCLIP
+from vl_anomaly.networks.prompt_learner import PromptLearner
+from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
+from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings, text_guided_score
+
+TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
+                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+
+
+@pytest.fixture
+def clip():
+    torch.manual_seed(0)
+    return FrozenCLIP.create(config=TINY_CLIP, pretrained=None)
+
+
+def test_frozen_clip_towers(clip):
+    assert not any(p.requires_grad for p in clip.parameters())
+    clip.train()
+    assert not clip.model.training                                     # stays in eval mode
+    texts = ["a photo of a road.", "an unusual object on the road."]
+    tokens = clip.tokenize(texts)
+    assert tokens.shape == (2, 77) and tokens.dtype == torch.int64
+    direct = clip.encode_text(texts)
+    via_embeddings = clip.encode_prompt_embeddings(clip.token_embeddings(tokens), tokens)
+    torch.testing.assert_close(via_embeddings, direct)
+    torch.testing.assert_close(direct.norm(dim=-1), torch.ones(2))
+    assert clip.encode_images(torch.randn(3, 3, 64, 64)).shape == (3, 64)
+    with pytest.raises(Exception, match="64×64"):
+        clip.encode_images(torch.randn(1, 3, 32, 32))
+
+
+def test_prompt_learner_trains_only_its_context(clip):
+    learner = PromptLearner(clip, ["road", "traffic_light", "sky"], n_ctx=4)
+    text = learner(clip)
+    assert text.shape == (3, 64)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(3))
+    text.sum().backward()
+    assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in clip.parameters())
+    assert [n for n, p in learner.named_parameters()] == ["ctx"]
+
+
+def test_vl_model_on_real_espnetv2_features(clip, espnetv2_predictor, road_obstacle_image):
+    segmenter = espnetv2_predictor.model
+    model = VLAnomalyModel(segmenter, clip, n_ctx=4, heads=8)
+    trainable = model.trainable_parameters()
+    assert "prompts.ctx" in trainable and all(n.startswith(("prompts.", "pixel_aligner.")) for n in trainable)
+    assert model.mask_aligner is None
+    from vl_anomaly.preprocess import preprocess
+
+    x = preprocess(road_obstacle_image, espnetv2_predictor.preprocess_cfg.with_input_size((128, 256)), "cpu")
+    model.train()
+    out = model(x)
+    h, w = out.base.pixel_features.shape[-2:]
+    assert out.s_pix.shape == (1, 19, h, w) and out.s_mask is None
+    loss = torch.nn.functional.cross_entropy(out.s_pix, torch.zeros(1, h, w, dtype=torch.long))
+    loss.backward()
+    assert model.prompts.ctx.grad.abs().sum() > 0 and model.pixel_aligner.proj.weight.grad is not None
+    assert all(p.grad is None for p in model.clip.parameters())            # frozen parts receive no gradient
+    assert all(p.grad is None for p in model.segmenter.parameters())
+    model.eval()
+    with torch.no_grad():
+        s_txt = text_guided_score(model(x), (128, 256))
+    assert s_txt.shape == (1, 128, 256) and 0.0 <= float(s_txt.min()) and float(s_txt.max()) <= 1.0
+
+
+def test_text_cache_and_save_reload_give_identical_scores(clip, espnetv2_predictor, tmp_path):
+    model = VLAnomalyModel(espnetv2_predictor.model, clip, n_ctx=4).eval()
+    x = torch.randn(1, 3, 128, 256)
+    with torch.no_grad():
+        first = model(x)
+    assert bool(model.text_cache_valid)
+    torch.testing.assert_close(model.text_embeddings, model.prompts(model.clip).detach())
+    calls = []
+    model.prompts.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        model(x)
+    assert calls == []                                                   # the text tower does not run per frame
+    state = {k: v for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "vl.pt")
+    torch.manual_seed(123)
+    clip2 = FrozenCLIP.create(config=TINY_CLIP, pretrained=None)
+    other = VLAnomalyModel(espnetv2_predictor.model, clip2, n_ctx=4)
+    other.load_state_dict(torch.load(tmp_path / "vl.pt", weights_only=True))
+    other.eval()
+    with torch.no_grad():
+        second = other(x)
+    torch.testing.assert_close(second.s_pix, first.s_pix)
+    torch.testing.assert_close(text_guided_score(second, (128, 256)), text_guided_score(first, (128, 256)))
+    model.train()
+    assert not bool(model.text_cache_valid)                              # training invalidates the cache
+
+
+def test_vl_model_with_mask_queries(clip, tiny_mask2former):
+    model = VLAnomalyModel(tiny_mask2former, clip, n_ctx=4, heads=4).eval()
+    assert model.mask_aligner is not None
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 128, 256))
+    assert out.s_mask.shape == (2, 10, 20)
+    s_txt = text_guided_score(out, (128, 256))
+    assert s_txt.shape == (2, 128, 256) and float(s_txt.min()) >= 0 and float(s_txt.max()) <= 1
+
+
+def test_clip_crop_score_batches_capped_regions(clip, road_obstacle_image):
+    image = road_obstacle_image[::4, ::4].copy()                          # 480 × 270
+    detector = np.zeros(image.shape[:2], np.float32)
+    for k, (y, x, size) in enumerate([(20, 20, 40), (150, 300, 30), (200, 100, 20), (100, 400, 10)]):
+        detector[y:y + size, x:x + size] = 0.9
+    text = handcrafted_text_embeddings(clip, ["road", "car", "sky"])
+    assert text.shape == (3, 64)
+    score, crops = clip_crop_score(image, detector, clip, text, threshold=0.5, max_crops=3, min_area_frac=0.0)
+    assert crops == 3 and score.shape == detector.shape and score.dtype == np.float32
+    assert 0.0 <= score.min() and score.max() <= 1.0
+    assert (score[detector == 0] == 0).all() and (score[100:110, 400:410] == 0).all()     # smallest region capped
+    assert (score[20:60, 20:60] > 0).all()
+    none, zero = clip_crop_score(image, np.zeros_like(detector), clip, text, threshold=0.5)
+    assert zero == 0 and not none.any()
+
+
+def test_clip_checkpoint_loads_from_a_local_file_by_configuration(clip, tmp_path):
+    import open_clip
+
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(clip.model.state_dict(), path)
+    loaded = FrozenCLIP.create(config=TINY_CLIP, pretrained=path)
+    torch.testing.assert_close(loaded.encode_text(["a car."]), clip.encode_text(["a car."]))
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "tiny-clip-test.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config_dir)
+    by_name = FrozenCLIP.create("tiny-clip-test", pretrained=path)          # open_clip's registry + local file
+    torch.testing.assert_close(by_name.encode_text(["a car."]), clip.encode_text(["a car."]))
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="broken.pt"):
+        FrozenCLIP.create(config=TINY_CLIP, pretrained=tmp_path / "broken.pt")
+    with pytest.raises(WeightsError, match="does not exist"):
+        FrozenCLIP.create("ViT-B-16", pretrained=tmp_path / "missing.pt")
