@@ -56,6 +56,8 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
     record = get_pretrained_cfg(name)
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
+    if family == "vl_anomaly":
+        return _create_vl_model(name, cfg, weights, device)
 
     if family == "mask2former" and weights is not None:
         from .networks.mask2former import Mask2FormerSegmenter
@@ -87,9 +89,56 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
     return model.to(device).eval()
 
 
+def _create_vl_model(name: str, cfg: dict, weights, device: str) -> nn.Module:
+    """VL-Anomaly: registered segmenter + frozen CLIP + prompts + PL-Aligner (docs/method.md).
+
+    ``weights``: None → everything random; ``"untrained"`` → the segmenter's registered weights, the configured
+    CLIP, an untrained head (end to end, meaningless scores); a ``.safetensors`` head checkpoint (prompts,
+    aligner, cached text); ``"default"`` → error, no trained head is registered. CLIP weights come from
+    ``$VL_ANOMALY_CLIP_WEIGHTS`` (a local open_clip checkpoint, or ``none``) or else the config (``openai``).
+    """
+    import os
+
+    from .constants import CLASS_LISTS
+    from .networks.clip_towers import FrozenCLIP
+    from .networks.vl_anomaly import VLAnomalyModel
+
+    if weights == "default":
+        raise WeightsError(f"{name}: no trained VL-Anomaly head (prompts + PL-Aligner) is registered — none can be "
+                           "trained here (no pretrained CLIP / Cityscapes). Pass a head checkpoint "
+                           "(.safetensors), or weights='untrained' to run an untrained head (scores meaningless)")
+    random = weights is None
+    segmenter = create_model(cfg["segmenter"], weights=None if random else "default", device=device)
+    clip_weights = os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", cfg["clip"].get("pretrained"))
+    if random or str(clip_weights).lower() == "none":
+        clip_weights = None
+        _LOG.warning("%s: CLIP has random weights: text and CLIP scores are meaningless", name)
+    clip = FrozenCLIP.create(cfg["clip"]["name"], pretrained=clip_weights, config=cfg["clip"].get("config"))
+    model = VLAnomalyModel(segmenter, clip, CLASS_LISTS[cfg["classes"]], **cfg["arch"])
+    model.sources_cfg = dict(cfg.get("sources", {}))
+    from .fusion import FusionCfg
+
+    model.fusion_cfg = FusionCfg.from_dict(cfg["fusion"]) if "fusion" in cfg else None
+    if weights not in (None, "untrained"):
+        path = Path(weights).expanduser()
+        if path.suffix != ".safetensors":
+            raise WeightsError(f"{name}: a VL head checkpoint must be a .safetensors file, got {path}")
+        state = _load_safetensors(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        foreign = [k for k in missing if not k.startswith(("clip.", "segmenter."))]
+        if unexpected or foreign:
+            raise WeightsError(f"head checkpoint {path} does not fit {name}: missing {foreign[:5]}, "
+                               f"unexpected {list(unexpected)[:5]}")
+    else:
+        _LOG.warning("%s: the vision-language head is untrained: text and CLIP scores are meaningless", name)
+    return model.to(device).eval()
+
+
 def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> PreprocessCfg:
     """The pre-processing of a model's registered weights, optionally at another network input size."""
-    get_model_config(name)
+    cfg = get_model_config(name)
+    if cfg["family"] == "vl_anomaly":
+        return get_preprocess_cfg(cfg["segmenter"], input_size)
     record = get_pretrained_cfg(name)
     cfg = record.preprocess if record is not None else PreprocessCfg()
     return cfg.with_input_size(input_size)

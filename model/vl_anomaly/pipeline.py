@@ -62,6 +62,10 @@ class AnomalyPredictor:
     def __init__(self, model: nn.Module, preprocess_cfg: PreprocessCfg, score: str = "msp",
                  postprocess_cfg: PostprocessCfg | None = None, device: str = "cpu", name: str = "") -> None:
         self.spec = get_score(score)
+        self.is_vl = hasattr(model, "pixel_aligner")              # a VLAnomalyModel (vision-language head)
+        if self.spec.needs_vl and not self.is_vl:
+            raise ConfigError(f"score {score!r} needs a vision-language model (family vl_anomaly); "
+                              f"{name or 'this model'} is a plain segmenter")
         if self.spec.needs_mask_queries and not getattr(model, "has_mask_queries", False):
             raise ConfigError(f"score {score!r} needs a mask-query model (Mask2Former); {name or 'this model'} "
                               f"is a pixel classifier. Pixel-classifier scores: {', '.join(pixel_scores())}")
@@ -85,27 +89,71 @@ class AnomalyPredictor:
             spec = get_score(name)
             if spec.needs_mask_queries and not getattr(self.model, "has_mask_queries", False):
                 raise ConfigError(f"score {name!r} needs a mask-query model; {self.name or 'this model'} has none")
+            if spec.needs_vl and not self.is_vl:
+                raise ConfigError(f"score {name!r} needs a vision-language model; {self.name or 'this model'} "
+                                  "is a plain segmenter")
         t0 = time.perf_counter()
         rgb = validate_image(image)
         height, width = rgb.shape[:2]
         x = preprocess(rgb, self.preprocess_cfg, self.device)
         t1 = time.perf_counter()
         output = self.model(x)
+        base = output.base if self.is_vl else output
         t2 = time.perf_counter()
         maps = {}
-        for name in names:
-            score = compute_score(name, output)                                   # (1, h, w)
-            score = F.interpolate(score[:, None], size=(height, width), mode="bilinear", align_corners=False)
-            score_np = score[0, 0].float().cpu().numpy()
-            if not np.isfinite(score_np).all():
-                raise VLAnomalyError(f"model {self.name!r} produced non-finite {name!r} scores "
-                                     "(corrupt weights or numerical overflow)")
-            maps[name] = score_np
-        semantic = output.logits.argmax(dim=1, keepdim=True).to(torch.uint8)      # (1, 1, h, w)
+        vl_names = [n for n in names if get_score(n).needs_vl]
+        for name in [n for n in names if not get_score(n).needs_vl]:
+            maps[name] = self._full_resolution(compute_score(name, base), (height, width), name)
+        if vl_names:
+            maps.update(self._vl_maps(output, rgb, vl_names, maps))
+        semantic = base.logits.argmax(dim=1, keepdim=True).to(torch.uint8)        # (1, 1, h, w)
         semantic = F.interpolate(semantic, size=(height, width), mode="nearest")[0, 0].cpu().numpy()
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
         return maps, semantic, timings
+
+    def _full_resolution(self, score: torch.Tensor, size: tuple[int, int], name: str) -> np.ndarray:
+        """``(1, h, w)`` score → ``(H, W)`` float32 numpy (bilinear), checked finite."""
+        score = F.interpolate(score[:, None], size=size, mode="bilinear", align_corners=False)
+        score_np = score[0, 0].float().cpu().numpy()
+        if not np.isfinite(score_np).all():
+            raise VLAnomalyError(f"model {self.name!r} produced non-finite {name!r} scores "
+                                 "(corrupt weights or numerical overflow)")
+        return score_np
+
+    def _vl_maps(self, output, rgb: np.ndarray, names: list[str], maps: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
+        """The vision-language sources (and their fusion) at image resolution (docs/method.md)."""
+        from .fusion import fuse
+        from .vl_scores import clip_crop_score, handcrafted_text_embeddings, text_guided_score
+
+        model = self.model
+        sources = getattr(model, "sources_cfg", {}) or {}
+        detector = sources.get("detector", "msp")
+        out: dict[str, np.ndarray] = {}
+        size = rgb.shape[:2]
+        needed = set(names)
+        fusion = getattr(model, "fusion_cfg", None)
+        if "vl_fused" in needed:
+            if fusion is None:
+                raise ConfigError(f"model {self.name!r} has no fusion config for 'vl_fused'")
+            needed |= set(fusion.sources)
+        det = maps.get(detector)
+        if det is None and needed & {detector, "clip_crops"}:
+            det = self._full_resolution(compute_score(detector, output.base), size, detector)
+        if detector in needed:
+            out[detector] = det
+        if "text_guided" in needed:
+            out["text_guided"] = text_guided_score(output, size)[0].float().cpu().numpy()
+        if "clip_crops" in needed:
+            if getattr(model, "_hand_text", None) is None:
+                model._hand_text = handcrafted_text_embeddings(model.clip, model.prompts.class_names)
+            out["clip_crops"], _ = clip_crop_score(rgb, det, model.clip, model._hand_text,
+                                                   get_score(detector).default_threshold,
+                                                   max_crops=int(sources.get("max_crops", 20)))
+        if "vl_fused" in needed:
+            out["vl_fused"] = fuse(out, fusion)
+        return {n: out[n] for n in names}
 
     def score_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Score map and semantic map of one image with this predictor's score.

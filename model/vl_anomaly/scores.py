@@ -88,6 +88,8 @@ class ScoreSpec:
         needs_mask_queries: only defined for mask-query models.
         default_threshold: obstacle threshold used when none is given (a starting point, to be calibrated).
         description: one line for help texts.
+        needs_vl: computed by the vision-language pipeline (:mod:`vl_anomaly.vl_scores`), not from a
+            segmenter output alone; only with a ``vl_anomaly`` model.
     """
 
     fn: Callable[[SegmenterOutput], torch.Tensor]
@@ -95,6 +97,7 @@ class ScoreSpec:
     needs_mask_queries: bool
     default_threshold: float
     description: str
+    needs_vl: bool = False
 
 
 def _needs_queries(name: str) -> Callable[[SegmenterOutput], None]:
@@ -103,6 +106,13 @@ def _needs_queries(name: str) -> Callable[[SegmenterOutput], None]:
             raise ConfigError(f"score {name!r} needs a mask-query model (Mask2Former); this model has no mask "
                               f"queries. Pixel-classifier scores: {', '.join(pixel_scores())}")
     return check
+
+
+def _needs_vl(name: str) -> Callable[[SegmenterOutput], torch.Tensor]:
+    def fail(out: SegmenterOutput) -> torch.Tensor:
+        raise ConfigError(f"score {name!r} comes from the vision-language pipeline: use a vl_anomaly model "
+                          f"(vl-anomaly list-models); segmenter scores: {', '.join(pixel_scores())}")
+    return fail
 
 
 def _rba_from_output(out: SegmenterOutput) -> torch.Tensor:
@@ -128,6 +138,12 @@ SCORES: dict[str, ScoreSpec] = {
                      "−Σ_k tanh of class-mask logits (mask-query models)"),
     "mask2anomaly": ScoreSpec(_mask2anomaly_from_output, (-math.inf, 1.0), True, 0.5,
                               "1 − max_k of the query-mask semantic map (mask-query models)"),
+    "text_guided": ScoreSpec(_needs_vl("text_guided"), (0.0, 1.0), False, 0.5,
+                             "R11 text-guided similarity (vl_anomaly models)", needs_vl=True),
+    "clip_crops": ScoreSpec(_needs_vl("clip_crops"), (0.0, 1.0), False, 0.5,
+                            "CLIP image-text anomaly of candidate crops (vl_anomaly models)", needs_vl=True),
+    "vl_fused": ScoreSpec(_needs_vl("vl_fused"), (0.0, 1.0), False, 0.5,
+                          "R12 fusion of detector, text-guided and CLIP sources (vl_anomaly models)", needs_vl=True),
 }
 
 
@@ -137,8 +153,8 @@ def list_scores() -> list[str]:
 
 
 def pixel_scores() -> list[str]:
-    """Scores defined for every model (not only mask-query models)."""
-    return [name for name, spec in SCORES.items() if not spec.needs_mask_queries]
+    """Scores defined for every segmenter (not only mask-query models, not the vision-language ones)."""
+    return [name for name, spec in SCORES.items() if not spec.needs_mask_queries and not spec.needs_vl]
 
 
 def get_score(name: str) -> ScoreSpec:

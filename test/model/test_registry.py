@@ -31,12 +31,16 @@ def test_every_registered_model_builds_and_fulfils_the_contract(name):
     size = (128, 256)
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
+    cfg = get_model_config(name)
+    if cfg["family"] == "vl_anomaly":                           # the segmenter's contract, plus the VL outputs
+        assert out.s_pix.shape[:2] == (1, 19) and out.text.shape == (19, model.clip.embed_dim)
+        model, out, cfg = model.segmenter, out.base, get_model_config(cfg["segmenter"])
     assert out.logits.shape == (1, 19, *size)
     assert torch.isfinite(out.logits).all()
     stride = out.feature_stride
     assert out.pixel_features.shape[-2:] == (size[0] // stride, size[1] // stride)
     assert out.pixel_features.shape[1] == model.feature_channels
-    if get_model_config(name)["family"] in ("espnet", "espnetv2"):
+    if cfg["family"] in ("espnet", "espnetv2"):
         assert out.void_logits.shape == (1, 1, *size) and not out.has_mask_queries
     else:
         assert out.has_mask_queries
