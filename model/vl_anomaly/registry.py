@@ -13,6 +13,7 @@ Weights live in a separate table (:mod:`vl_anomaly.pretrained`).
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -95,3 +96,6 @@ def build_network(cfg: dict) -> nn.Module:
 
 
 add_model_config(_CONFIG_DIR)
+#: extra config folders or files, separated by os.pathsep (user models, also in child processes like torchrun's)
+for _extra in filter(None, os.environ.get("VL_ANOMALY_MODEL_CONFIGS", "").split(os.pathsep)):
+    add_model_config(_extra)

@@ -138,3 +138,25 @@ def test_eval_with_a_fusion_config(tmp_path, anomaly_val):
     scores = results["datasets"]["road_anomaly_21"]["scores"]
     assert set(scores) == {"msp", "fused"} and results["fusion"]["weights"]["msp"] == 1.0
     assert scores["fused"]["pixel"]["AuPRC"] == pytest.approx(scores["msp"]["pixel"]["AuPRC"], abs=0.05)
+
+
+def test_calibrate_command_writes_fusion_and_model_config(tmp_path):
+    """``vl-anomaly calibrate`` on two real frames (small input): a fusion YAML and a model config with it."""
+    import yaml
+
+    from vl_anomaly import add_model_config, get_model_config
+    from vl_anomaly.cli import main
+
+    eval_dir = tmp_path / "eval"
+    code = main(["calibrate", "--model", "espnetv2_s2.0_cityscapes", "--sources", "msp", "energy",
+                 "--dataset", "road_anomaly_21", "--input-size", "128", "256", "--pixels", "20000",
+                 "--eval-dir", str(eval_dir), "-o", str(tmp_path / "fusion.yaml"),
+                 "--model-config-out", str(tmp_path / "cfg" / "espnetv2_fused_test.yaml")])
+    assert code == 0
+    cfg = FusionCfg.load(tmp_path / "fusion.yaml")
+    assert set(cfg.weights) == {"msp", "energy"} and abs(sum(cfg.weights.values()) - 1) < 1e-9
+    assert "road_anomaly_21" in cfg.record["calibration_sets"]
+    written = yaml.safe_load((tmp_path / "cfg" / "espnetv2_fused_test.yaml").read_text())
+    assert written["fusion"]["weights"] == cfg.weights
+    add_model_config(tmp_path / "cfg")
+    assert get_model_config("espnetv2_fused_test")["fusion"]["weights"] == cfg.weights

@@ -202,3 +202,17 @@ def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_config, road_obstacle_im
         create_predictor(tiny_vl_config, weights="default")
     with pytest.raises(ConfigError, match="vision-language model"):
         create_predictor("espnetv2_s2.0_cityscapes", score="text_guided")
+
+
+def test_clip_weights_by_configuration_alone(tiny_vl_config, clip, tmp_path, monkeypatch):
+    """VL_ANOMALY_CLIP_WEIGHTS points the registered VL model at a local open_clip checkpoint."""
+    from vl_anomaly import create_model
+
+    path = tmp_path / "clip_tiny.pt"
+    torch.save(clip.model.state_dict(), path)
+    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(path))
+    model = create_model(tiny_vl_config, weights="untrained")
+    torch.testing.assert_close(model.clip.encode_text(["a deer on the road."]), clip.encode_text(["a deer on the road."]))
+    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(tmp_path / "missing.pt"))
+    with pytest.raises(WeightsError, match="does not exist"):
+        create_model(tiny_vl_config, weights="untrained")

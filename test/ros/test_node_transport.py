@@ -201,12 +201,15 @@ def test_overload_bounded_latency_and_every_frame_accounted(probe, node, image_p
     from rclpy.parameter_client import AsyncParameterClient
 
     rgb = read_image(images["1"])
-    # The node's own rate on this frame, measured now (sequentially, no queueing).
-    start = time.monotonic()
+    # The node's own rate on this frame, measured now (sequentially, no queueing); the fastest of three round
+    # trips, so that a machine that gets less busy during the blast still sees twice its rate.
+    round_trips = []
     for i in range(3):
+        start = time.monotonic()
         image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 4000 + i + (100 if policy == "queue" else 0)))
         _wait_output(probe, 4000 + i + (100 if policy == "queue" else 0))
-    per_frame = (time.monotonic() - start) / 3
+        round_trips.append(time.monotonic() - start)
+    per_frame = min(round_trips)
     depth = 3
     client = AsyncParameterClient(probe.node, NODE)
     assert client.wait_for_services(10.0)

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..errors import VLAnomalyError
-from . import calibrate, demo, evaluate, predict
+from . import calibrate, demo, evaluate, predict, train
 
 
 def _list_models(args: argparse.Namespace) -> int:
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="fit one shared set of fusion weights on calibration sets")
     calibrate.add_arguments(c)
     c.set_defaults(func=calibrate.main)
+    t = sub.add_parser("train", help="train the vision-language head (Cityscapes + COCO outliers)")
+    train.add_arguments(t)
+    t.set_defaults(func=train.main)
     m = sub.add_parser("list-models", help="registered models and their weights")
     m.set_defaults(func=_list_models)
     _add_plugin_commands(sub)

@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-dir", default=None,
                         help="evaluation folder whose score_maps/ to reuse or fill (default outputs/eval/<model>)")
     parser.add_argument("-o", "--output", required=True, help="fusion config YAML to write")
+    parser.add_argument("--model-config-out", default=None, metavar="YAML",
+                        help="also write the model's config with this fusion (its vl_fused score) to YAML; register "
+                             "it with VL_ANOMALY_MODEL_CONFIGS or vl_anomaly.add_model_config (the file stem is "
+                             "the model name)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,6 +42,19 @@ def main(args: argparse.Namespace) -> int:
         samples[dataset.name] = sample_pixels(dataset, eval_dir / "score_maps", list(args.sources), args.pixels)
     cfg = fit_fusion(samples, list(args.sources), args.step, model=predictor.name)
     path = cfg.save(args.output)
+    if args.model_config_out:
+        import yaml
+
+        from ..registry import get_model_config
+
+        model_cfg = get_model_config(args.model)
+        model_cfg.pop("name")
+        model_cfg["fusion"] = cfg.to_dict()
+        out = Path(args.model_config_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# {args.model} with fusion weights calibrated by vl-anomaly calibrate (record inside).\n"
+                       + yaml.safe_dump(model_cfg, sort_keys=False), encoding="utf-8")
+        print(f"wrote model config {out.resolve()} (model name {out.stem})")
     rec = cfg.record
     print("weights: " + ", ".join(f"{s} {w:.1f}" for s, w in cfg.weights.items()))
     print(f"calibration (sampled pixels of {', '.join(samples)}): AuPRC {rec['calibration_AuPRC']:.2f}, "

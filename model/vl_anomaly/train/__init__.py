@@ -1,0 +1,2 @@
+"""Training of the vision-language head (Cityscapes + COCO outlier exposure). Nothing in the inference path
+imports this package."""

@@ -1,0 +1,203 @@
+"""Training pipeline on a tiny Cityscapes-format dataset and a tiny COCO built by the test, tiny random CLIP,
+the real ESPNetv2 segmenter (frozen): data, losses, a short run whose loss falls, exact resume, frozen parts."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vl_anomaly.preprocess import PreprocessCfg
+from vl_anomaly.train.data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
+from vl_anomaly.train.losses import hungarian_match, mask_text_loss, outlier_margin_loss, pixel_alignment_loss
+
+TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
+                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+
+
+@pytest.fixture(scope="module")
+def cityscapes(tmp_path_factory):
+    """4 frames of 128×256: sky (train ID 10) above road (0), a car (13) block, void border; one frame has only
+    labelIds (mapped by the loader)."""
+    root = tmp_path_factory.mktemp("cityscapes")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        city = "aachen" if i < 2 else "bremen"
+        (root / "leftImg8bit" / "train" / city).mkdir(parents=True, exist_ok=True)
+        (root / "gtFine" / "train" / city).mkdir(parents=True, exist_ok=True)
+        label = np.full((128, 256), 10, np.uint8)
+        label[64:] = 0
+        x = 40 + 40 * i
+        label[70:110, x:x + 50] = 13
+        label[:, :4] = 255
+        colours = {10: (180, 130, 70), 0: (128, 64, 128), 13: (142, 0, 0), 255: (0, 0, 0)}
+        image = np.zeros((128, 256, 3), np.uint8)
+        for train_id, bgr in colours.items():
+            image[label == train_id] = bgr
+        image = np.clip(image.astype(int) + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
+        stem = f"{city}_{i:06d}_000019"
+        cv2.imwrite(str(root / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png"), image)
+        if i == 3:                                            # labelIds only: 23 sky, 7 road, 26 car, 0 unlabelled
+            ids = np.select([label == 10, label == 0, label == 13], [23, 7, 26], 0).astype(np.uint8)
+            cv2.imwrite(str(root / "gtFine" / "train" / city / f"{stem}_gtFine_labelIds.png"), ids)
+        else:
+            cv2.imwrite(str(root / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png"), label)
+    return root
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    (root / "train2017").mkdir()
+    (root / "annotations").mkdir()
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[20:80, 30:70] = (0, 255, 255)
+    cv2.imwrite(str(root / "train2017" / "000000000001.jpg"), image)
+    annotations = {"images": [{"id": 1, "file_name": "000000000001.jpg", "height": 100, "width": 100}],
+                   "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, "area": 2400.0, "bbox": [30, 20, 40, 60],
+                                    "segmentation": [[30, 20, 70, 20, 70, 80, 30, 80]]},
+                                   {"id": 2, "image_id": 1, "iscrowd": 1, "area": 2400.0, "bbox": [0, 0, 10, 10],
+                                    "segmentation": {"counts": [0, 100], "size": [100, 100]}}]}
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(annotations))
+    return root
+
+
+def test_cityscapes_loader_augmentation_and_label_mapping(cityscapes):
+    cfg = PreprocessCfg()
+    plain = CityscapesTrain(cityscapes, "train", cfg)
+    assert len(plain) == 4
+    x, y = plain[3]                                                              # the labelIds frame
+    assert x.shape == (3, 128, 256) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert set(y.unique().tolist()) == {0, 10, 13, 255}
+    augmented = CityscapesTrain(cityscapes, "train", cfg, AugmentCfg((64, 128), 0.5, 1.5))
+    a1, l1 = augmented[0]
+    a2, l2 = augmented[0]
+    assert a1.shape == (3, 64, 128) and torch.equal(l1, l2)                    # deterministic per (seed, epoch, index)
+    augmented.set_epoch(1)
+    assert set(augmented[0][1].unique().tolist()) <= {0, 10, 13, 255}
+    with pytest.raises(Exception, match="not a Cityscapes root"):
+        CityscapesTrain(cityscapes / "missing", "train", cfg)
+
+
+def test_coco_outlier_pasting(cityscapes, coco):
+    outliers = CocoOutliers(coco)
+    assert len(outliers.instances) == 1                                          # crowd RLE skipped
+    data = CityscapesTrain(cityscapes, "train", PreprocessCfg(), outliers=outliers, paste_prob=1.0)
+    _, label = data[0]
+    pasted = label == OUTLIER_LABEL
+    assert 0 < int(pasted.sum()) < label.numel() // 4
+
+
+def test_losses_by_hand():
+    labels = torch.tensor([[[0, 1], [255, OUTLIER_LABEL]]])
+    s_pix = torch.zeros(1, 19, 2, 2)
+    s_pix[0, 0, 0, 0] = 10.0
+    s_pix[0, 1, 0, 1] = 10.0
+    assert float(pixel_alignment_loss(s_pix, labels)) < 1e-3                     # void and outlier ignored
+    score = torch.tensor([[[0.0, 0.0], [0.7, 0.25]]])
+    assert float(outlier_margin_loss(score, labels, margin=1.0)) == pytest.approx(0.5 * 0.75 ** 2)
+    gt_masks = torch.stack([labels[0] == 0, labels[0] == 1])
+    mask_logits = torch.full((3, 2, 2), -10.0)
+    mask_logits[2][labels[0] == 0] = 10.0
+    mask_logits[0][labels[0] == 1] = 10.0
+    rows, cols = hungarian_match(mask_logits, torch.zeros(3, 20), gt_masks, torch.tensor([0, 1]))
+    assert dict(zip(rows.tolist(), cols.tolist())) == {2: 0, 0: 1}
+    s_mask = torch.zeros(1, 3, 20, requires_grad=True)
+    mask_text_loss(s_mask, mask_logits[None], labels).backward()
+    assert s_mask.grad[0, 2, 0] < 0 and s_mask.grad[0, 0, 1] < 0 and s_mask.grad[0, 1, 19] < 0
+
+
+@pytest.fixture(scope="module")
+def tiny_vl_model(tmp_path_factory):
+    from vl_anomaly import add_model_config, get_model_config
+
+    folder = tmp_path_factory.mktemp("vl_cfg")
+    cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
+    cfg.pop("name")
+    cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
+    cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
+    (folder / "vl_train_test.yaml").write_text(yaml.safe_dump(cfg))
+    add_model_config(folder / "vl_train_test.yaml")
+    return "vl_train_test"
+
+
+def _cfg(tiny_vl_model, cityscapes, coco, out, iterations):
+    from vl_anomaly.train.trainer import TrainCfg
+
+    return TrainCfg(model=tiny_vl_model, cityscapes=str(cityscapes), coco=str(coco), paste_prob=0.5,
+                    output=str(out), crop=(64, 128), min_scale=0.5, max_scale=1.0, iterations=iterations,
+                    batch_size=2, lr=3e-3, weight_decay=0.05, grad_clip=1.0, workers=0, log_every=1,
+                    checkpoint_every=1000, seed=0)
+
+
+def test_short_training_run_loss_falls_and_frozen_parts_do_not_move(tiny_vl_model, cityscapes, coco, tmp_path):
+    from safetensors.torch import load_file
+
+    from vl_anomaly import create_model
+    from vl_anomaly.train.trainer import train
+
+    torch.manual_seed(0)
+    before = create_model(tiny_vl_model, weights="untrained")
+    frozen_before = {k: v.clone() for k, v in before.state_dict().items() if k.startswith("segmenter.")}
+    result = train(_cfg(tiny_vl_model, cityscapes, coco, tmp_path / "run", 40), progress=False)
+    losses = result["losses"]
+    assert len(losses) == 40 and np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
+    head = load_file(str(tmp_path / "run" / "checkpoint" / "head.safetensors"))
+    assert not any(k.startswith(("clip.", "segmenter.")) for k in head)           # frozen parts are not saved
+    assert "prompts.ctx" in head and "text_embeddings" in head
+    trained = create_model(tiny_vl_model, weights=str(tmp_path / "run" / "checkpoint" / "head.safetensors"))
+    for key, value in trained.state_dict().items():
+        if key.startswith("segmenter."):
+            torch.testing.assert_close(value, frozen_before[key])               # the registered weights, untouched
+    assert (tmp_path / "run" / "tensorboard").is_dir() and any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_vl_model, cityscapes, coco, tmp_path):
+    from safetensors.torch import load_file
+
+    from vl_anomaly.train.trainer import train
+
+    random.seed(0)
+    straight = train(_cfg(tiny_vl_model, cityscapes, coco, tmp_path / "a", 6), progress=False)
+    train(_cfg(tiny_vl_model, cityscapes, coco, tmp_path / "b", 6), progress=False, max_steps=3)    # interrupted
+    resumed = train(_cfg(tiny_vl_model, cityscapes, coco, tmp_path / "b", 6), progress=False)
+    assert resumed["iteration"] == 6 and len(resumed["losses"]) == 3
+    np.testing.assert_allclose(resumed["losses"], straight["losses"][3:], rtol=1e-4)
+    a = load_file(str(tmp_path / "a" / "checkpoint" / "head.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint" / "head.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_distributed_training_with_torchrun(tiny_vl_model, cityscapes, coco, tmp_path):
+    """Two CPU processes (gloo) through torchrun, DistributedDataParallel: both ranks step, rank 0 saves."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vl_anomaly import get_model_config
+
+    folder = tmp_path / "cfgs"
+    folder.mkdir()
+    cfg = get_model_config(tiny_vl_model)
+    cfg.pop("name")
+    (folder / f"{tiny_vl_model}.yaml").write_text(yaml.safe_dump(cfg))
+    config = _cfg(tiny_vl_model, cityscapes, coco, tmp_path / "ddp", 2).__dict__
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if k != "extra"}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "VL_ANOMALY_MODEL_CONFIGS": str(folder), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "vl_anomaly.cli", "train",
+                           "--config", str(tmp_path / "train.yaml")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "trained to iteration 2" in done.stdout
+    meta = json.loads((tmp_path / "ddp" / "checkpoint" / "trainer.json").read_text())
+    assert meta["iteration"] == 2
