@@ -16,6 +16,10 @@ from vl_anomaly.preprocess import PreprocessCfg
 from vl_anomaly.train.data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
 from vl_anomaly.train.losses import hungarian_match, mask_text_loss, outlier_margin_loss, pixel_alignment_loss
 
+TINY_MASK2FORMER = dict(
+    backbone=dict(type="swin", embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=7),
+    feature_size=64, mask_feature_size=64, hidden_dim=64, encoder_feedforward_dim=128, encoder_layers=1,
+    decoder_layers=2, num_attention_heads=4, dim_feedforward=128, num_queries=10)
 TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 
@@ -201,3 +205,33 @@ def test_distributed_training_with_torchrun(tiny_vl_model, cityscapes, coco, tmp
     assert "trained to iteration 2" in done.stdout
     meta = json.loads((tmp_path / "ddp" / "checkpoint" / "trainer.json").read_text())
     assert meta["iteration"] == 2
+
+
+def test_mask2former_head_and_segmenter_train_together(cityscapes, tmp_path):
+    """Tiny Mask2Former + tiny CLIP, segmenter unfrozen: Mask2Former's own loss, R6 and R9 (Hungarian) all
+    contribute; the segmenter's weights move, CLIP's do not."""
+    from vl_anomaly import add_model_config, create_model
+    from vl_anomaly.train.trainer import TrainCfg, train
+
+    folder = tmp_path / "cfgs"
+    folder.mkdir()
+    (folder / "m2f_tiny_train_test.yaml").write_text(yaml.safe_dump(
+        {"family": "mask2former", "classes": "cityscapes", "arch": TINY_MASK2FORMER}))
+    (folder / "vl_m2f_tiny_train_test.yaml").write_text(yaml.safe_dump(
+        {"family": "vl_anomaly", "classes": "cityscapes", "segmenter": "m2f_tiny_train_test",
+         "clip": {"name": "tiny", "pretrained": None, "config": TINY_CLIP},
+         "arch": {"n_ctx": 4, "heads": 4, "tau": 0.07}}))
+    add_model_config(folder)
+    torch.manual_seed(0)
+    initial = create_model("vl_m2f_tiny_train_test", weights=None).state_dict()
+    cfg = TrainCfg(model="vl_m2f_tiny_train_test", weights="none", cityscapes=str(cityscapes), output=str(tmp_path / "o"),
+                   crop=(64, 128), min_scale=0.5, max_scale=1.0, iterations=3, batch_size=2, lr=1e-3, workers=0,
+                   freeze_segmenter=False, seed=0)
+    result = train(cfg, progress=False)
+    assert all(np.isfinite(result["losses"]))
+    from safetensors.torch import load_file
+
+    head = load_file(str(tmp_path / "o" / "checkpoint" / "head.safetensors"))
+    moved = [k for k in head if k.startswith("segmenter.") and not torch.equal(head[k], initial[k])]
+    assert moved, "the unfrozen segmenter was not trained"
+    assert not any(k.startswith("clip.") for k in head) and "mask_aligner.no_object" in head

@@ -110,6 +110,20 @@ class Mask2FormerSegmenter(nn.Module):
                                masks_queries_logits=mask_logits, query_embeddings=queries)
 
 
+    def segmentation_loss(self, pixel_values: torch.Tensor, labels: torch.Tensor, ignore: tuple[int, ...] = (254, 255)
+                          ) -> torch.Tensor:
+        """Mask2Former's own training loss (transformers' implementation: Hungarian matching, class CE weight 2,
+        mask BCE 5, dice 5, no-object 0.1, point sampling) for semantic labels ``(B, H, W)`` (train IDs; ``ignore``
+        values are left out of every mask). Runs its own forward pass."""
+        mask_labels, class_labels = [], []
+        for label in labels:
+            classes = [c for c in label.unique().tolist() if c not in ignore]
+            mask_labels.append(torch.stack([(label == c).float() for c in classes]) if classes
+                               else label.new_zeros((0, *label.shape), dtype=torch.float32))
+            class_labels.append(torch.tensor(classes, dtype=torch.long, device=label.device))
+        return self.model(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
+
+
 def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """``(B, Q, h, w) → (B, Q, H, W)`` bilinear, ``align_corners=False``."""
     return F.interpolate(mask_logits, size=tuple(size), mode="bilinear", align_corners=False)

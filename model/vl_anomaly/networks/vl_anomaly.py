@@ -63,6 +63,12 @@ class VLAnomalyModel(nn.Module):
         self.register_buffer("text_cache_valid", torch.zeros((), dtype=torch.bool))
         self.has_mask_queries = getattr(segmenter, "has_mask_queries", False)
 
+    def set_segmenter_trainable(self, trainable: bool) -> None:
+        """Unfreeze (or freeze) the segmenter; CLIP stays frozen either way."""
+        self.freeze_segmenter = not trainable
+        for parameter in self.segmenter.parameters():
+            parameter.requires_grad_(trainable)
+
     def train(self, mode: bool = True) -> "VLAnomalyModel":
         super().train(mode)
         if self.freeze_segmenter:

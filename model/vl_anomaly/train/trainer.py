@@ -1,8 +1,9 @@
 """Training loop of the vision-language head: ``vl-anomaly train --config train.yaml`` (or under ``torchrun``).
 
 What trains: the prompt context and the PL-Aligner layers (and the segmenter only with ``freeze_segmenter:
-false``); CLIP never. Loss ``L = w_pix·L_pix (R6) + w_mtxt·L_mtxt (R9, mask-query segmenters) + w_ood·L_ood
-(R10, when outliers are pasted)``. AdamW (no weight decay on the prompt context), poly learning-rate decay,
+false``); CLIP never. Loss ``L = w_seg·L_seg (the segmenter's own: Mask2Former's, or pixel CE; only when it
+trains) + w_pix·L_pix (R6) + w_mtxt·L_mtxt (R9, mask-query segmenters) + w_ood·L_ood (R10, when outliers are
+pasted)``. AdamW (no weight decay on the prompt context), poly learning-rate decay,
 gradient accumulation, gradient clipping, mixed precision (``amp``: fp16 + GradScaler on CUDA, bf16 on CPU),
 DistributedDataParallel when started by ``torchrun`` (``WORLD_SIZE`` > 1; gloo on CPU, nccl on CUDA),
 TensorBoard logs and a progress bar on rank 0. Checkpoints are safetensors: ``head.safetensors`` (trainable
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..factory import create_model, get_preprocess_cfg
-from .data import AugmentCfg, CityscapesTrain, CocoOutliers
+from .data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
 from .losses import mask_text_loss, outlier_margin_loss, pixel_alignment_loss
 
 
@@ -54,6 +55,8 @@ class TrainCfg:
     grad_clip: float = 0.01
     amp: bool = False
     workers: int = 2
+    freeze_segmenter: bool = True
+    loss_segmenter: float = 1.0
     loss_pixel: float = 1.0
     loss_mask_text: float = 2.0
     loss_outlier: float = 1.0
@@ -138,6 +141,15 @@ def _load(out: Path, model, optimizer) -> int:
     return int(meta["iteration"])
 
 
+def _segmenter_loss(segmenter, images: torch.Tensor, output, labels: torch.Tensor) -> torch.Tensor:
+    """The segmenter's own loss when it trains: Mask2Former's (matching, CE, BCE, dice), else pixel CE on its
+    logits (the ESPNet recipes' loss); void and pasted outliers ignored."""
+    if hasattr(segmenter, "segmentation_loss"):
+        return segmenter.segmentation_loss(images, labels)
+    target = torch.where(labels == OUTLIER_LABEL, torch.full_like(labels, 255), labels)
+    return torch.nn.functional.cross_entropy(output.base.logits.float(), target, ignore_index=255)
+
+
 def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) -> dict:
     """Run (or resume) a training; returns ``{"iteration", "losses": [per step of this call], "output"}``.
     ``max_steps`` stops after that many iterations of this call (time-sliced jobs; a checkpoint is written)."""
@@ -146,6 +158,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
     model = create_model(cfg.model, weights=cfg.weights, device=str(device))
     if not hasattr(model, "pixel_aligner"):
         raise ConfigError(f"{cfg.model} is not a vl_anomaly model: only the vision-language head is trained here")
+    model.set_segmenter_trainable(not cfg.freeze_segmenter)
     model.train()
     preprocess = get_preprocess_cfg(cfg.model)
     outliers = CocoOutliers(cfg.coco) if cfg.coco else None
@@ -206,6 +219,8 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
             with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
                 output = trained(images)
                 terms = {"pixel": cfg.loss_pixel * pixel_alignment_loss(output.s_pix.float(), labels)}
+                if not cfg.freeze_segmenter and cfg.loss_segmenter > 0:
+                    terms["segmenter"] = cfg.loss_segmenter * _segmenter_loss(model.segmenter, images, output, labels)
                 if output.s_mask is not None and cfg.loss_mask_text > 0:
                     terms["mask_text"] = cfg.loss_mask_text * mask_text_loss(
                         output.s_mask.float(), output.base.masks_queries_logits.float(), labels)
