@@ -235,3 +235,13 @@ def test_mask2former_head_and_segmenter_train_together(cityscapes, tmp_path):
     moved = [k for k in head if k.startswith("segmenter.") and not torch.equal(head[k], initial[k])]
     assert moved, "the unfrozen segmenter was not trained"
     assert not any(k.startswith("clip.") for k in head) and "mask_aligner.no_object" in head
+
+
+def test_mixed_precision_and_gradient_accumulation_run(tiny_vl_model, cityscapes, coco, tmp_path):
+    """bf16 autocast on the CPU (fp16 + GradScaler on CUDA, not run here) and accumulation over 2 micro-batches."""
+    from vl_anomaly.train.trainer import train
+
+    cfg = _cfg(tiny_vl_model, cityscapes, coco, tmp_path / "amp", 2)
+    cfg.amp, cfg.accumulate, cfg.batch_size = True, 2, 1
+    result = train(cfg, progress=False)
+    assert result["iteration"] == 2 and all(np.isfinite(result["losses"]))
