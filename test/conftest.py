@@ -71,3 +71,25 @@ def tiny_mask2former():
 
     torch.manual_seed(0)
     return Mask2FormerSegmenter.from_config(TINY_MASK2FORMER).eval()
+
+
+TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
+                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_model(tmp_path_factory) -> str:
+    """Name of a registered vl_anomaly model: the real ESPNetv2 with a tiny CLIP built from its config (random
+    weights, the real tokenizer) and 4 prompt context vectors."""
+    import yaml
+
+    from vl_anomaly import add_model_config, get_model_config
+
+    cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
+    cfg.pop("name")
+    cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
+    cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
+    path = tmp_path_factory.mktemp("vl_cfg") / "vl_tiny_test.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    add_model_config(path)
+    return "vl_tiny_test"

@@ -116,20 +116,6 @@ def test_losses_by_hand():
     assert s_mask.grad[0, 2, 0] < 0 and s_mask.grad[0, 0, 1] < 0 and s_mask.grad[0, 1, 19] < 0
 
 
-@pytest.fixture(scope="module")
-def tiny_vl_model(tmp_path_factory):
-    from vl_anomaly import add_model_config, get_model_config
-
-    folder = tmp_path_factory.mktemp("vl_cfg")
-    cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
-    cfg.pop("name")
-    cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
-    cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
-    (folder / "vl_train_test.yaml").write_text(yaml.safe_dump(cfg))
-    add_model_config(folder / "vl_train_test.yaml")
-    return "vl_train_test"
-
-
 def _cfg(tiny_vl_model, cityscapes, coco, out, iterations):
     from vl_anomaly.train.trainer import TrainCfg
 

@@ -152,23 +152,7 @@ def test_clip_checkpoint_loads_from_a_local_file_by_configuration(clip, tmp_path
         FrozenCLIP.create("ViT-B-16", pretrained=tmp_path / "missing.pt")
 
 
-@pytest.fixture
-def tiny_vl_config(tmp_path):
-    """A registered vl_anomaly model on the real ESPNetv2 with a tiny CLIP built from its config."""
-    import yaml
-
-    from vl_anomaly import add_model_config, get_model_config
-
-    cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
-    cfg.pop("name")
-    cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
-    cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
-    (tmp_path / "vl_tiny_test.yaml").write_text(yaml.safe_dump(cfg))
-    add_model_config(tmp_path / "vl_tiny_test.yaml")
-    return "vl_tiny_test"
-
-
-def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_config, road_obstacle_image, tmp_path, monkeypatch):
+def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_model, road_obstacle_image, tmp_path, monkeypatch):
     """All sources and their fusion from one predictor, as predict / eval / the node use it; a saved head
     checkpoint reloads by configuration and gives identical maps."""
     from safetensors.torch import save_file
@@ -179,7 +163,7 @@ def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_config, road_obstacle_im
     monkeypatch.delenv("VL_ANOMALY_CLIP_WEIGHTS", raising=False)
     image = road_obstacle_image[::2, ::2].copy()
     torch.manual_seed(0)
-    predictor = create_predictor(tiny_vl_config, weights="untrained", score="vl_fused", input_size=(128, 256))
+    predictor = create_predictor(tiny_vl_model, weights="untrained", score="vl_fused", input_size=(128, 256))
     names = ["msp", "text_guided", "clip_crops", "vl_fused"]
     maps, semantic, _ = predictor.score_maps(image, names)
     for name in names:
@@ -191,7 +175,7 @@ def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_config, road_obstacle_im
             if not k.startswith(("clip.", "segmenter."))}
     save_file(head, tmp_path / "head.safetensors")
     torch.manual_seed(99)
-    reloaded = create_predictor(tiny_vl_config, weights=str(tmp_path / "head.safetensors"), score="vl_fused",
+    reloaded = create_predictor(tiny_vl_model, weights=str(tmp_path / "head.safetensors"), score="vl_fused",
                                 input_size=(128, 256))
     # CLIP itself is random in both (seeded differently): compare the parts the head checkpoint determines.
     again, _, _ = reloaded.score_maps(image, ["msp"])
@@ -199,20 +183,20 @@ def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_config, road_obstacle_im
     torch.testing.assert_close(reloaded.model.text_embeddings, predictor.model.text_embeddings)
     torch.testing.assert_close(reloaded.model.prompts.ctx, predictor.model.prompts.ctx)
     with pytest.raises(WeightsError, match="no trained VL-Anomaly head"):
-        create_predictor(tiny_vl_config, weights="default")
+        create_predictor(tiny_vl_model, weights="default")
     with pytest.raises(ConfigError, match="vision-language model"):
         create_predictor("espnetv2_s2.0_cityscapes", score="text_guided")
 
 
-def test_clip_weights_by_configuration_alone(tiny_vl_config, clip, tmp_path, monkeypatch):
+def test_clip_weights_by_configuration_alone(tiny_vl_model, clip, tmp_path, monkeypatch):
     """VL_ANOMALY_CLIP_WEIGHTS points the registered VL model at a local open_clip checkpoint."""
     from vl_anomaly import create_model
 
     path = tmp_path / "clip_tiny.pt"
     torch.save(clip.model.state_dict(), path)
     monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(path))
-    model = create_model(tiny_vl_config, weights="untrained")
+    model = create_model(tiny_vl_model, weights="untrained")
     torch.testing.assert_close(model.clip.encode_text(["a deer on the road."]), clip.encode_text(["a deer on the road."]))
     monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(tmp_path / "missing.pt"))
     with pytest.raises(WeightsError, match="does not exist"):
-        create_model(tiny_vl_config, weights="untrained")
+        create_model(tiny_vl_model, weights="untrained")

@@ -27,21 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl-anomaly", description="Road anomaly segmentation (vl-anomaly)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="score maps, obstacle masks, overlays and obstacles for images/videos")
-    predict.add_arguments(p)
-    p.set_defaults(func=predict.main)
-    d = sub.add_parser("demo", help="the main job on real validation images from ../shared")
-    demo.add_arguments(d)
-    d.set_defaults(func=demo.main)
-    e = sub.add_parser("eval", help="benchmark metrics (official parity), report and plots on datasets")
-    evaluate.add_arguments(e)
-    e.set_defaults(func=evaluate.main)
-    c = sub.add_parser("calibrate", help="fit one shared set of fusion weights on calibration sets")
-    calibrate.add_arguments(c)
-    c.set_defaults(func=calibrate.main)
-    t = sub.add_parser("train", help="train the vision-language head (Cityscapes + COCO outliers)")
-    train.add_arguments(t)
-    t.set_defaults(func=train.main)
+    commands = (
+        ("predict", predict, "score maps, obstacle masks, overlays and obstacles for images/videos"),
+        ("demo", demo, "the ROS-free demo on real validation images from ../shared"),
+        ("eval", evaluate, "benchmark metrics (official parity), report and plots on datasets"),
+        ("calibrate", calibrate, "fit one shared set of fusion weights on calibration sets"),
+        ("train", train, "train the vision-language head (Cityscapes + COCO outliers)"),
+    )
+    for name, module, help_text in commands:
+        command = sub.add_parser(name, help=help_text)
+        module.add_arguments(command)
+        command.set_defaults(func=module.main)
     m = sub.add_parser("list-models", help="registered models and their weights")
     m.set_defaults(func=_list_models)
     _add_plugin_commands(sub)
