@@ -6,7 +6,8 @@ Uses the score maps of ``vl-anomaly eval`` runs (docs/results.md commands) in ``
 * **leave-one-dataset-out** (ours, honest): calibrated on the other three shared sets, evaluated on this one;
 * **shipped**: calibrated on all four sets, written to ``config/fusion/<model>.yaml`` (its record says so; any
   number on these four sets with it has seen them);
-* the best and the default (MSP) single scores, from the same evaluation.
+* the best and the default (MSP) single scores, from the same evaluation;
+* a matrix: calibrated on one set, evaluated on each set (the diagonal is per-set tuning).
 
 All reported numbers are official-mode pixel metrics on full maps (vl_anomaly.evaluation). Writes
 ``<eval dir>/fusion_study.json`` and prints a markdown table.
@@ -42,8 +43,17 @@ def study(eval_dir: Path, step: float, pixels: int) -> dict:
                               "config have seen them")
     shipped.save(REPO / "config" / "fusion" / f"{model}.yaml")
     out["shipped_weights"] = shipped.weights
+    tuned_cfgs = {name: fit_fusion({name: samples[name]}, SOURCES, step, model=model) for name in datasets}
+    # Calibrate on one set, evaluate on every set (the diagonal is per-set tuning).
+    out["one_set_matrix"] = {}
+    for calibrated_on, cfg_one in tuned_cfgs.items():
+        row = {}
+        for name, dataset in datasets.items():
+            write_fused_maps(dataset, maps, cfg_one, "fused_one")
+            row[name] = _px(evaluate_dataset(dataset, ["fused_one"], eval_dir, "official")["fused_one"])
+        out["one_set_matrix"][calibrated_on] = {"weights": cfg_one.weights, "evaluated": row}
     for name, dataset in datasets.items():
-        tuned = fit_fusion({name: samples[name]}, SOURCES, step, model=model)
+        tuned = tuned_cfgs[name]
         lodo = fit_fusion({k: v for k, v in samples.items() if k != name}, SOURCES, step, model=model)
         write_fused_maps(dataset, maps, tuned, "fused_tuned")
         write_fused_maps(dataset, maps, lodo, "fused_lodo")
@@ -83,6 +93,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def matrix_table(results: list[dict]) -> str:
+    lines = ["| model | calibrated on ↓ / evaluated on → | " + " | ".join(SETS) + " | mean of the other three |",
+             "|---|---|" + "---|" * (len(SETS) + 1)]
+    for r in results:
+        for cal, entry in r["one_set_matrix"].items():
+            cells = [f"**{entry['evaluated'][s]['AuPRC']:.2f}**" if s == cal else f"{entry['evaluated'][s]['AuPRC']:.2f}"
+                     for s in SETS]
+            others = [entry["evaluated"][s]["AuPRC"] for s in SETS if s != cal]
+            lines.append(f"| {r['model']} | {cal} ({_w(entry['weights'])}) | " + " | ".join(cells)
+                         + f" | {sum(others) / len(others):.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("eval_dirs", nargs="+")
@@ -91,6 +114,8 @@ def main() -> int:
     args = parser.parse_args()
     results = [study(Path(d), args.step, args.pixels) for d in args.eval_dirs]
     print(table(results))
+    print()
+    print(matrix_table(results))
     for r in results:
         print(f"shipped {r['model']}: {_w(r['shipped_weights'])}")
     return 0
