@@ -150,7 +150,8 @@ class AnomalyNode(LifecycleNode):
         weights = self.param("weights")
         predictor = create_predictor(
             self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
-            device=self.param("device"), input_size=(height, width) if height else None)
+            device=self.param("device"), input_size=(height, width) if height else None,
+            backend=self.param("backend"))
         predictor.predict(np.zeros((64, 64, 3), np.uint8))                      # warm-up (allocations, oneDNN)
         return predictor
 

@@ -147,17 +147,60 @@ def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> 
 def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "default", score: str = "msp",
                      threshold: float | None = None, device: str = "cpu",
                      input_size: tuple[int, int] | None = None, min_area_px: int = 100,
-                     drivable_only: bool = False, drivable_margin_px: int = 20) -> AnomalyPredictor:
+                     drivable_only: bool = False, drivable_margin_px: int = 20, backend: str = "torch",
+                     onnx_path: str | Path | None = None) -> AnomalyPredictor:
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``threshold`` defaults to the score's documented default (:data:`vl_anomaly.scores.SCORES`).
+    ``backend``: ``torch`` or ``onnxruntime`` (:mod:`vl_anomaly.backends`); for ONNX Runtime the graph is
+    ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use).
     """
+    from .backends import check_backend
+
+    check_backend(backend)
     spec = get_score(score)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
     post = PostprocessCfg(threshold=spec.default_threshold if threshold is None else float(threshold),
                           min_area_px=min_area_px, drivable_only=drivable_only,
                           drivable_margin_px=drivable_margin_px)
-    model = create_model(name, weights=weights, device=device)
-    return AnomalyPredictor(model, get_preprocess_cfg(name, input_size), score=score, postprocess_cfg=post,
-                            device=device, name=name)
+    preprocess_cfg = get_preprocess_cfg(name, input_size)
+    if backend == "onnxruntime":
+        model = onnx_segmenter(name, weights, preprocess_cfg.input_size, onnx_path)
+    else:
+        model = create_model(name, weights=weights, device=device)
+    return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name)
+
+
+def onnx_segmenter(name: str, weights, input_size: tuple[int, int], onnx_path: str | Path | None = None):
+    """The ONNX Runtime segmenter of a registered model: ``onnx_path``, or a cached export under
+    ``$VL_ANOMALY_CACHE_DIR/onnx`` keyed by model, weights, input size and torch version (re-exported and
+    re-checked when any changes)."""
+    from .backends import OnnxRuntimeSegmenter
+    from .export import ExportRecord, export_onnx
+    from .paths import cache_dir
+    from .pretrained import sha256_file
+
+    if onnx_path is not None:
+        return OnnxRuntimeSegmenter(onnx_path)
+    if get_model_config(name)["family"] == "vl_anomaly":
+        raise ConfigError(f"{name}: the vision-language head is not exported yet; use backend='torch'")
+    if weights in (None, "none"):
+        raise ConfigError("an ONNX export of random weights is not cached; export explicitly (vl-anomaly export)")
+    if weights == "default":
+        record = get_pretrained_cfg(name)
+        tag = (record.sha256 or "hub")[:12] if record is not None else "default"
+    else:
+        tag = sha256_file(Path(weights))[:12] if Path(weights).is_file() else Path(weights).name
+    path = cache_dir() / "onnx" / f"{name}.{tag}.{input_size[0]}x{input_size[1]}.onnx"
+    fresh = False
+    if path.is_file():
+        try:
+            fresh = ExportRecord.load(path).torch_version == torch.__version__ and \
+                ExportRecord.load(path).sha256 == sha256_file(path)
+        except Exception:                                                      # noqa: BLE001 — re-export
+            fresh = False
+    if not fresh:
+        _LOG.warning("exporting %s to %s (once; checked against PyTorch)", name, path)
+        export_onnx(create_model(name, weights=weights), path, tuple(input_size), name=name, weights=str(weights))
+    return OnnxRuntimeSegmenter(path)

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..errors import VLAnomalyError
-from . import calibrate, demo, evaluate, predict, train
+from . import calibrate, demo, evaluate, export, predict, train
 
 
 def _list_models(args: argparse.Namespace) -> int:
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", evaluate, "benchmark metrics (official parity), report and plots on datasets"),
         ("calibrate", calibrate, "fit one shared set of fusion weights on calibration sets"),
         ("train", train, "train the vision-language head (Cityscapes + COCO outliers)"),
+        ("export", export, "export a segmenter to ONNX, checked against PyTorch"),
     )
     for name, module, help_text in commands:
         command = sub.add_parser(name, help=help_text)

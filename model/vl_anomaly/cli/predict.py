@@ -44,6 +44,8 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep anomalies inside the predicted drivable region (road/sidewalk + margin)")
     parser.add_argument("--drivable-margin", type=int, default=20, help="drivable-region dilation, pixels")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="inference backend (onnxruntime: the checked ONNX export, cached on first use)")
 
 
 def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
@@ -52,7 +54,7 @@ def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
     return create_predictor(args.model, weights=args.weights, score=args.score, threshold=args.threshold,
                             device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
                             min_area_px=args.min_area, drivable_only=args.drivable_only,
-                            drivable_margin_px=args.drivable_margin)
+                            drivable_margin_px=args.drivable_margin, backend=args.backend)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
