@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import statistics
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vl_anomaly import create_model, read_image
+from vl_anomaly.io import write_json
 from vl_anomaly.backends import OnnxRuntimeSegmenter
 from vl_anomaly.export import _session, export_onnx
 from vl_anomaly.factory import get_preprocess_cfg
@@ -68,8 +68,7 @@ def main() -> int:
         print(f"{name}: torch {torch_ms:.0f} ms, ONNX Runtime {ort_ms:.0f} ms, ratio {torch_ms / ort_ms:.2f}",
               flush=True)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(Path(args.output), rows)
     return 0
 
 

@@ -46,6 +46,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from vl_anomaly import create_predictor, read_image  # noqa: E402
+from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import shared_dir  # noqa: E402
 from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
 from vl_anomaly_ros.conversions import array_to_image_msg  # noqa: E402
@@ -181,8 +182,7 @@ def main() -> int:
         rclpy.try_shutdown()
     print(json.dumps({k: v for k, v in result.items() if k != "rss_samples_mib"}, indent=1))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        write_json(Path(args.output), result)
     return 0
 
 

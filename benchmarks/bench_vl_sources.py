@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vl_anomaly import create_predictor, read_image
+from vl_anomaly.io import write_json
 from vl_anomaly.networks.clip_towers import FrozenCLIP
 from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
 from vl_anomaly.paths import shared_dir
@@ -94,8 +95,7 @@ def main() -> int:
                        "clip_crops_by_cap": crops, "clip_on_detector_candidates": {"ms": real_ms, "crops": real_n}}
     print(json.dumps(rows, indent=1))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(Path(args.output), rows)
     return 0
 
 
