@@ -58,8 +58,9 @@ PARAMS: dict[str, ParamSpec] = {
     "weights": ParamSpec("default", "'default' (the registered weights, sha256-verified) or a .pth / .safetensors "
                                     "file or transformers checkpoint directory", read_only=True),
     "device": ParamSpec("cpu", "torch device: cpu, cuda, cuda:N", read_only=True, check=_device_check),
-    "backend": ParamSpec("torch", "inference backend: torch, or onnxruntime (the checked ONNX export of the model, "
-                                  "cached on first use)", read_only=True, choices=("torch", "onnxruntime")),
+    "backend": ParamSpec("torch", "inference backend: torch, onnxruntime (the checked ONNX export of the model, "
+                                  "cached on first use) or tensorrt (engine built from it; needs TensorRT and a GPU)",
+                         read_only=True, choices=("torch", "onnxruntime", "tensorrt")),
     "threads": ParamSpec(0, "torch CPU threads; 0 = torch's default", read_only=True, min=0, max=256),
     "input_height": ParamSpec(0, "network input height in px (multiple of 32); 0 = the weights' training size",
                               read_only=True, min=0, max=4096, check=_size_check),

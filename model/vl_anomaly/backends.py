@@ -6,7 +6,8 @@
 * ``onnxruntime`` (:class:`OnnxRuntimeSegmenter`): an exported graph (:mod:`vl_anomaly.export`), CPU here;
   ``CUDAExecutionProvider`` / ``TensorrtExecutionProvider`` are used when ONNX Runtime offers them (not on our
   machines).
-* ``tensorrt``: not implemented yet (TensorRT cannot be installed here; docs/deployment.md).
+* ``tensorrt`` (:class:`vl_anomaly.tensorrt_backend.TensorRTSegmenter`): an engine built from the ONNX export and
+  cached; written against the TensorRT 10 API, **never run here** (no TensorRT, no GPU; docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .errors import ConfigError
 from .export import ExportError, ExportRecord, _session
 from .outputs import SegmenterOutput
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 class OnnxRuntimeSegmenter(nn.Module):
@@ -53,10 +54,28 @@ class OnnxRuntimeSegmenter(nn.Module):
 
 
 def check_backend(backend: str) -> str:
-    if backend == "tensorrt":
-        raise ConfigError("backend 'tensorrt' is not available yet: TensorRT cannot be installed on our machines "
-                          "and its backend is not written; use 'onnxruntime' (ONNX Runtime picks the TensorRT "
-                          "execution provider where it is installed) or 'torch'")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
+
+
+class OnnxRuntimeClipImages:
+    """The exported CLIP image encoder (:func:`vl_anomaly.export.export_clip_image_onnx`) with the
+    ``image_size`` / ``encode_images`` interface of :class:`~vl_anomaly.networks.clip_towers.FrozenCLIP`, so
+    :func:`vl_anomaly.vl_scores.clip_crop_score` runs it unchanged (one batched call for all crops)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError(f"ONNX model {self.path} does not exist")
+        self.record = ExportRecord.load(self.path)
+        self.session = _session(self.path, threads)
+        self.image_size = int(self.record.input_size[0])
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` CLIP-normalised crops → ``(B, D)`` L2-normalised embeddings."""
+        if tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
+            raise ConfigError(f"CLIP expects (B, 3, {self.image_size}, {self.image_size}) crops, got "
+                              f"{tuple(images.shape)}")
+        out = self.session.run(["image_embeddings"], {"images": images.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)

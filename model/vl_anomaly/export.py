@@ -140,3 +140,55 @@ def export_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], 
         onnxruntime_version=onnxruntime.__version__, date=dt.datetime.now().isoformat(timespec="seconds"))
     record.save(out)
     return record
+
+
+class _ClipImage(nn.Module):
+    """CLIP image tower → L2-normalised embeddings ``(B, D)``."""
+
+    def __init__(self, clip) -> None:
+        super().__init__()
+        self.visual = clip.model.visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.visual(images), dim=-1)
+
+
+def export_clip_image_onnx(clip, out: str | Path, max_batch: int = 64, atol: float = 1e-4,
+                           name: str = "clip_image") -> ExportRecord:
+    """Export the frozen CLIP image encoder with a **dynamic batch** of crops: input ``images (B, 3, S, S)``
+    (CLIP-normalised), output ``image_embeddings (B, D)``; checked against PyTorch at batch 1 and 3."""
+    import onnxruntime
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = clip.image_size
+    module = _ClipImage(clip).eval()
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        torch.onnx.export(module, (example,), str(out), dynamo=True, opset_version=OPSET, external_data=False,
+                          input_names=["images"], output_names=["image_embeddings"],
+                          dynamic_shapes=({0: batch},))
+    except Exception as exc:                                                   # noqa: BLE001
+        raise ExportError(f"ONNX export of the CLIP image encoder failed: {exc}") from exc
+    session = _session(out)
+    worst = 0.0
+    for count in (1, 3):
+        x = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(count))
+        with torch.no_grad():
+            expected = module(x).numpy()
+        got = session.run(["image_embeddings"], {"images": x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"CLIP image export returns {got.shape} for batch {count}, expected {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > atol:
+        raise ExportError(f"CLIP image export differs from PyTorch by {worst} (> {atol})")
+    with torch.no_grad():
+        dim = int(module(example[:1]).shape[-1])
+    record = ExportRecord(
+        model=name, weights="", input_size=(size, size), outputs=["image_embeddings"],
+        output_shapes={"image_embeddings": [-1, dim]}, feature_stride=0, has_mask_queries=False, opset=OPSET,
+        sha256=sha256_file(out), max_abs_diff={"image_embeddings": worst}, torch_version=torch.__version__,
+        onnxruntime_version=onnxruntime.__version__, date=dt.datetime.now().isoformat(timespec="seconds"))
+    record.save(out)
+    return record

@@ -152,8 +152,9 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``threshold`` defaults to the score's documented default (:data:`vl_anomaly.scores.SCORES`).
-    ``backend``: ``torch`` or ``onnxruntime`` (:mod:`vl_anomaly.backends`); for ONNX Runtime the graph is
-    ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use).
+    ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.backends`); the ONNX graph is
+    ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use);
+    TensorRT builds and caches its engine from it (not run on our machines).
     """
     from .backends import check_backend
 
@@ -167,6 +168,11 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     preprocess_cfg = get_preprocess_cfg(name, input_size)
     if backend == "onnxruntime":
         model = onnx_segmenter(name, weights, preprocess_cfg.input_size, onnx_path)
+    elif backend == "tensorrt":
+        from .tensorrt_backend import TensorRTSegmenter, _import_tensorrt
+
+        _import_tensorrt()                                   # clear error before any export work
+        model = TensorRTSegmenter(onnx_segmenter(name, weights, preprocess_cfg.input_size, onnx_path).path)
     else:
         model = create_model(name, weights=weights, device=device)
     return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name)

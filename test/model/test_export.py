@@ -12,6 +12,8 @@ from vl_anomaly.errors import ConfigError
 from vl_anomaly.export import ExportError, ExportRecord, export_onnx
 
 SIZE = (256, 512)
+TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
+                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 
 
 @pytest.mark.parametrize("name", ["espnetv2_s2.0_cityscapes", "espnet_p2_q8_cityscapes"])
@@ -67,8 +69,10 @@ def test_export_errors_are_clear(tmp_path):
     (tmp_path / "n.onnx").write_bytes(b"")
     with pytest.raises(ExportError, match="sidecar"):
         ExportRecord.load(tmp_path / "n.onnx")
-    with pytest.raises(ConfigError, match="tensorrt"):
+    with pytest.raises(ConfigError, match="needs the TensorRT Python package"):      # not installable here
         create_predictor("espnetv2_s2.0_cityscapes", backend="tensorrt")
+    with pytest.raises(ConfigError, match="torch, onnxruntime, tensorrt"):
+        create_predictor("espnetv2_s2.0_cityscapes", backend="tvm")
 
 
 def test_export_command(tmp_path):
@@ -77,3 +81,26 @@ def test_export_command(tmp_path):
     out = tmp_path / "e.onnx"
     assert main(["export", "--model", "espnetv2_s2.0_cityscapes", "--input-size", "128", "256", "-o", str(out)]) == 0
     assert ExportRecord.load(out).input_size == (128, 256)
+
+
+def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_obstacle_image):
+    from vl_anomaly.backends import OnnxRuntimeClipImages
+    from vl_anomaly.export import export_clip_image_onnx
+    from vl_anomaly.networks.clip_towers import FrozenCLIP
+    from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings
+
+    torch.manual_seed(0)
+    clip = FrozenCLIP.create(config=TINY_CLIP, pretrained=None)
+    record = export_clip_image_onnx(clip, tmp_path / "clip.onnx")
+    assert record.max_abs_diff["image_embeddings"] < 1e-4
+    encoder = OnnxRuntimeClipImages(tmp_path / "clip.onnx")
+    crops = torch.randn(7, 3, 64, 64)
+    torch.testing.assert_close(encoder.encode_images(crops), clip.encode_images(crops), atol=1e-4, rtol=1e-4)
+    image = road_obstacle_image[::4, ::4].copy()
+    detector = np.zeros(image.shape[:2], np.float32)
+    detector[20:80, 20:80] = detector[150:200, 300:380] = 0.9
+    text = handcrafted_text_embeddings(clip, ["road", "car"])
+    ours, n = clip_crop_score(image, detector, encoder, text, 0.5, min_area_frac=0.0)
+    reference, _ = clip_crop_score(image, detector, clip, text, 0.5, min_area_frac=0.0)
+    assert n == 2
+    np.testing.assert_allclose(ours, reference, atol=1e-4)

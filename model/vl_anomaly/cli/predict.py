@@ -44,8 +44,9 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep anomalies inside the predicted drivable region (road/sidewalk + margin)")
     parser.add_argument("--drivable-margin", type=int, default=20, help="drivable-region dilation, pixels")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                        help="inference backend (onnxruntime: the checked ONNX export, cached on first use)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                        help="inference backend (onnxruntime: the checked ONNX export, cached on first use; "
+                             "tensorrt: an engine built from it, needs TensorRT and a GPU)")
 
 
 def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:

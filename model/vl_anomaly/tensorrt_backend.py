@@ -1,0 +1,155 @@
+"""TensorRT backend: build an engine from a checked ONNX export, cache it, load it on start, run on a CUDA stream.
+
+**Never run on our machines**: TensorRT cannot be installed here (no binary wheels reachable, no Debian package,
+no GPU; ENGINEERING-NOTES §6.6). The code is written against the TensorRT 10 Python API and imported only when
+``backend="tensorrt"`` is asked for; without TensorRT or CUDA that request fails with a clear error (tested).
+
+Engine cache (ENGINEERING-NOTES §7.5): ``<cache>/<model>.<onnx sha256[:12]>.trt<version>.sm<major><minor>.<precision>.
+<H>x<W>.plan`` plus a JSON sidecar (versions, GPU, flags, date). Lookup: explicit engine path → cache → build
+(if ``allow_build``) under a file lock, written to a temporary file and renamed, so concurrent starts never read a
+half-written engine. A plan that fails to deserialise, or whose I/O names or shapes differ from the ONNX export's
+record, is a cache miss.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, VLAnomalyError
+from .export import ExportRecord
+from .outputs import SegmenterOutput
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise ConfigError("backend 'tensorrt' needs the TensorRT Python package (JetPack, NGC containers or "
+                          "NVIDIA's pip index) and a CUDA GPU; it is not installed here. Use backend "
+                          "'onnxruntime' or 'torch'") from exc
+    if not torch.cuda.is_available():
+        raise ConfigError("backend 'tensorrt' needs a CUDA GPU; none is available")
+    return trt
+
+
+def engine_key(record: ExportRecord, trt_version: str, precision: str) -> str:
+    major, minor = torch.cuda.get_device_capability()
+    h, w = record.input_size
+    return f"{record.model}.{record.sha256[:12]}.trt{trt_version}.sm{major}{minor}.{precision}.{h}x{w}"
+
+
+class TensorRTSegmenter(nn.Module):
+    """A TensorRT engine of an exported segmenter; ``forward``: CUDA ``(1, 3, H, W)`` → ``SegmenterOutput``.
+
+    Args:
+        onnx_path: the ONNX export (with its sidecar record).
+        precision: ``fp32`` or ``fp16`` (``BuilderFlag.FP16``; TensorRT keeps layers in fp32 where it must).
+        cache_dir: engine cache folder (never the install space).
+        engine_path: an explicit engine file to load instead of the cache.
+        workspace_mb: builder workspace limit.
+        allow_build: build on a cache miss (minutes on embedded GPUs); otherwise a miss is an error.
+    """
+
+    def __init__(self, onnx_path: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
+                 engine_path: str | Path | None = None, workspace_mb: int = 1024, allow_build: bool = True) -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        trt = _import_tensorrt()
+        self.trt = trt
+        self.onnx_path = Path(onnx_path)
+        self.record = ExportRecord.load(self.onnx_path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        if engine_path is not None:
+            plan_path = Path(engine_path)
+        else:
+            from .paths import cache_dir as default_cache
+
+            folder = Path(cache_dir) if cache_dir else default_cache() / "tensorrt"
+            plan_path = folder / f"{engine_key(self.record, trt.__version__, precision)}.plan"
+        self.engine = self._load(plan_path) if plan_path.is_file() else None
+        if self.engine is None:
+            if engine_path is not None or not allow_build:
+                raise ConfigError(f"no usable TensorRT engine at {plan_path}; build one with allow_build=True or "
+                                  f"trtexec --onnx={self.onnx_path} --saveEngine={plan_path}"
+                                  + (" --fp16" if precision == "fp16" else ""))
+            self._build(plan_path, precision, workspace_mb)
+            self.engine = self._load(plan_path)
+            if self.engine is None:
+                raise ConfigError(f"the TensorRT engine built at {plan_path} does not match the ONNX export")
+        self.context = self.engine.create_execution_context()
+        self.plan_path = plan_path
+        self.feature_stride = self.record.feature_stride
+        self.has_mask_queries = self.record.has_mask_queries
+        self.feature_channels = self.record.output_shapes["pixel_features"][1]
+
+    def _load(self, plan_path: Path):
+        """Deserialise and validate I/O against the export record; None on any mismatch (a cache miss)."""
+        engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if engine is None:
+            return None
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        if names != {"pixel_values", *self.record.outputs}:
+            return None
+        for name in self.record.outputs:
+            if list(engine.get_tensor_shape(name)) != self.record.output_shapes[name]:
+                return None
+        return engine
+
+    def _build(self, plan_path: Path, precision: str, workspace_mb: int) -> None:
+        import fcntl
+
+        trt = self.trt
+        plan_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{plan_path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)                     # one builder per engine; others wait, then load
+            if plan_path.is_file() and self._load(plan_path) is not None:
+                return
+            builder = trt.Builder(self.logger)
+            network = builder.create_network(0)                  # explicit batch is the only mode in TensorRT 10
+            parser = trt.OnnxParser(network, self.logger)
+            if not parser.parse_from_file(str(self.onnx_path)):
+                errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise ConfigError(f"TensorRT cannot parse {self.onnx_path}:\n{errors}")
+            config = builder.create_builder_config()
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+            if precision == "fp16":
+                config.set_flag(trt.BuilderFlag.FP16)
+            plan = builder.build_serialized_network(network, config)
+            if plan is None:
+                raise ConfigError(f"TensorRT failed to build an engine from {self.onnx_path} (see its log above)")
+            tmp = plan_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(bytes(plan))
+            os.replace(tmp, plan_path)
+            Path(f"{plan_path}.json").write_text(json.dumps({
+                "onnx": str(self.onnx_path), "onnx_sha256": self.record.sha256, "tensorrt": trt.__version__,
+                "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
+                "precision": precision, "workspace_mb": workspace_mb,
+                "date": dt.datetime.now().isoformat(timespec="seconds")}, indent=1) + "\n")
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
+        if tuple(pixel_values.shape) != (1, 3, *self.record.input_size):
+            raise ConfigError(f"engine expects (1, 3, {self.record.input_size[0]}, {self.record.input_size[1]}), "
+                              f"got {tuple(pixel_values.shape)}")
+        x = pixel_values.to("cuda", torch.float32).contiguous()
+        outputs = {name: torch.empty(self.record.output_shapes[name], device="cuda", dtype=torch.float32)
+                   for name in self.record.outputs}
+        self.context.set_input_shape("pixel_values", tuple(x.shape))
+        self.context.set_tensor_address("pixel_values", x.data_ptr())
+        for name, tensor in outputs.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise VLAnomalyError(f"TensorRT execution failed for {self.plan_path}")
+        stream.synchronize()
+        return SegmenterOutput(feature_stride=self.feature_stride, **outputs)
