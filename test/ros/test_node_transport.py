@@ -230,11 +230,16 @@ def test_overload_bounded_latency_and_every_frame_accounted(probe, node, image_p
     reason = "superseded" if policy == "latest" else "queue_full"
     assert int(after.get(f"dropped.{reason}", 0)) - int(before.get(f"dropped.{reason}", 0)) == dropped > 0
     latencies = _latencies(probe, sent)
-    print(f"{policy}: {per_frame * 1e3:.0f} ms/frame, {received} in, {processed} processed, {dropped} dropped, "
-          f"latency max {max(latencies) * 1e3:.0f} ms")
+    # Bounded latency: a frame waits for at most the frame in work plus the frames ahead of it in the queue, each
+    # taking the node's own per-frame time *under this load* (on 2 cores the publisher and the node share the
+    # CPU, so it is longer than the idle round trip measured above).
+    work_ms = sum(float(after[f"{stage}_ms.max"]) for stage in ("convert", "inference", "publish", "overlay")
+                  if after.get(f"{stage}_ms.max") not in (None, ""))
+    print(f"{policy}: {per_frame * 1e3:.0f} ms/frame idle, {work_ms:.0f} ms max under load, {received} in, "
+          f"{processed} processed, {dropped} dropped, latency max {max(latencies) * 1e3:.0f} ms")
     assert len(latencies) == processed
     waiting = 1 if policy == "latest" else depth
-    assert max(latencies) < (waiting + 2) * per_frame + 1.0, (latencies, per_frame)
+    assert max(latencies) < (waiting + 2) * work_ms / 1e3 + 1.0, (latencies, work_ms)
     future = client.set_parameters([Parameter("queue_policy", value="latest")])
     assert probe.wait_for(lambda: future.done(), 10.0)
 
