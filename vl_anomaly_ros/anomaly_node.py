@@ -49,7 +49,7 @@ from vl_anomaly_msgs.msg import ObstacleArray
 
 from . import params as P
 from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, compressed_msg_to_rgb,
-                          image_msg_to_rgb, obstacle_array_msg)
+                          image_msg_to_rgb, obstacle_array_msg, stamp_ns)
 from .environment import ensure_venv_ament_prefix, use_shipped_fastdds_profile
 from .frame_queue import FrameQueue
 from .ground import PinholeCamera, obstacle_ground_points
@@ -65,10 +65,6 @@ class _Frame:
     msg: object
     compressed: bool
     received_monotonic: float
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class AnomalyNode(LifecycleNode):
@@ -319,7 +315,7 @@ class AnomalyNode(LifecycleNode):
         t0 = time.monotonic()
         max_age_ms = self.param("max_input_age_ms")
         if max_age_ms > 0:
-            age_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
+            age_ms = (self.get_clock().now().nanoseconds - stamp_ns(msg)) / 1e6
             if age_ms > max_age_ms:
                 self.stats.on_dropped("stale")
                 return
@@ -354,7 +350,7 @@ class AnomalyNode(LifecycleNode):
             stages["overlay"] = (time.monotonic() - t3) * 1e3
         now_ns = self.get_clock().now().nanoseconds
         self.stats.on_processed(latency_ms=(time.monotonic() - frame.received_monotonic) * 1e3,
-                                age_ms=(now_ns - _stamp_ns(header.stamp)) / 1e6, stage_ms=stages)
+                                age_ms=(now_ns - stamp_ns(msg)) / 1e6, stage_ms=stages)
 
     # ------------------------------------------------------------------ diagnostics
     def publish_diagnostics(self) -> None:

@@ -57,10 +57,10 @@ def _reliable_qos():
                QosLiveliness.AUTOMATIC, zero, False)
 
 
-def _header(store, stamp_ns: int, frame_id: str):
+def _header(store, t_ns: int, frame_id: str):
     Time = store.types["builtin_interfaces/msg/Time"]
     Header = store.types["std_msgs/msg/Header"]
-    return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    return Header(stamp=Time(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000), frame_id=frame_id)
 
 
 def _image(store, array: np.ndarray, encoding: str, header):
@@ -228,11 +228,6 @@ def _topic_counts(messages) -> dict[str, int]:
     for topic, _, _, _ in messages:
         counts[topic] = counts.get(topic, 0) + 1
     return counts
-
-
-def stamp_ns(msg) -> int:
-    """Header stamp of a deserialised message in nanoseconds."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def image_to_array(msg) -> np.ndarray:

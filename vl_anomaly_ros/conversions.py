@@ -53,6 +53,11 @@ class RejectedFrame(ValueError):
         self.reason = reason
 
 
+def stamp_ns(msg) -> int:
+    """Header stamp of a message (rclpy or rosbags) in nanoseconds."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
 def check_image_msg(msg, max_pixels: int = MAX_PIXELS) -> None:
     """Validate an input ``sensor_msgs/Image`` without touching its pixels (cheap: header fields and length).
 

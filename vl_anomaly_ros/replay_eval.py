@@ -19,7 +19,8 @@ from tqdm import tqdm
 from vl_anomaly.datasets import DATASETS, SMIYC_LABELS, AnomalyDataset, Frame
 from vl_anomaly.evaluation import run_evaluation
 
-from .bags import DEFAULT_GT_TOPIC, DEFAULT_NAME_TOPIC, BagError, BagFile, image_to_array, stamp_ns
+from .bags import DEFAULT_GT_TOPIC, DEFAULT_NAME_TOPIC, BagError, BagFile, image_to_array
+from .conversions import stamp_ns
 from .replay import register_our_types
 
 

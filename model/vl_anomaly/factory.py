@@ -202,8 +202,8 @@ def onnx_segmenter(name: str, weights, input_size: tuple[int, int], onnx_path: s
     fresh = False
     if path.is_file():
         try:
-            fresh = ExportRecord.load(path).torch_version == torch.__version__ and \
-                ExportRecord.load(path).sha256 == sha256_file(path)
+            record = ExportRecord.load(path)
+            fresh = record.torch_version == torch.__version__ and record.sha256 == sha256_file(path)
         except Exception:                                                      # noqa: BLE001 — re-export
             fresh = False
     if not fresh:

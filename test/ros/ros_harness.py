@@ -11,7 +11,6 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from vl_anomaly_ros.environment import ensure_venv_ament_prefix  # noqa: E402
+from vl_anomaly_ros.replay import start_node_process  # noqa: E402
 
 ensure_venv_ament_prefix()
 
@@ -116,22 +116,12 @@ class NodeProcess:
     """The node under test, started like ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``."""
 
     def __init__(self, name: str, params: dict | None = None, log_dir: Path | None = None,
-                 cmd: list[str] | None = None, remaps: dict | None = None) -> None:
+                 remaps: dict | None = None) -> None:
         self.name = name
         self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{name}.log"
-        if cmd is None:
-            cmd = [sys.executable, "-m", "vl_anomaly_ros.anomaly_node", "--ros-args", "-r", f"__node:={name}",
-                   "--params-file", str(REPO_ROOT / "config" / "vl_anomaly.yaml")]
-            for key, value in (params or {}).items():
-                cmd += ["-p", f"{key}:={value}"]
-            for source, target in (remaps or {}).items():
-                cmd += ["-r", f"{source}:={target}"]
         self._log = open(self.log_path, "w")
-        # Field checks (ROS_PYTHON_CHECK_FIELDS) stay on in the test process, where our messages are built and
-        # checked; the node runs as deployed: the checks walk every byte of an image (publishing 0.2 s instead
-        # of 5 ms for a 720p score map).
-        env = {k: v for k, v in os.environ.items() if k != "ROS_PYTHON_CHECK_FIELDS"}
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = start_node_process(name, params or {}, remaps or {}, self._log,
+                                       params_file=REPO_ROOT / "config" / "vl_anomaly.yaml")
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -14,8 +14,9 @@ import yaml
 
 import ros_harness  # noqa: F401  (environment)
 from vl_anomaly.datasets import load_dataset
-from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, image_to_array, stamp_ns, typestore,
+from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, image_to_array, typestore,
                                  write_dataset_bag)
+from vl_anomaly_ros.conversions import stamp_ns
 
 
 @pytest.fixture(scope="module")
