@@ -147,7 +147,8 @@ class AnomalyNode(LifecycleNode):
         predictor = create_predictor(
             self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
             device=self.param("device"), input_size=(height, width) if height else None,
-            backend=self.param("backend"))
+            backend=self.param("backend"), onnx_path=self.param("onnx_path") or None,
+            precision=self.param("tensorrt_precision"))
         predictor.predict(np.zeros((64, 64, 3), np.uint8))                      # warm-up (allocations, oneDNN)
         return predictor
 

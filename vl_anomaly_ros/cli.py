@@ -57,6 +57,10 @@ def _node_params(args: argparse.Namespace) -> dict:
         params["threads"] = args.threads
     if args.queue_policy:
         params["queue_policy"] = args.queue_policy
+    if args.backend:
+        params["backend"] = args.backend
+    if args.onnx:
+        params["onnx_path"] = str(Path(args.onnx).resolve())
     for item in args.param or []:
         key, _, value = item.partition(":=")
         params[key] = value
@@ -72,6 +76,9 @@ def _add_node_arguments(p: argparse.ArgumentParser) -> None:
                    help="network input size (node parameters input_height, input_width)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the node")
     p.add_argument("--queue-policy", choices=["latest", "queue"], default=None)
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None,
+                   help="node parameter backend")
+    p.add_argument("--onnx", default=None, metavar="FILE", help="node parameter onnx_path (an ONNX export)")
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE", help="any other node parameter")
     p.add_argument("--node-name", default="vl_anomaly")
 

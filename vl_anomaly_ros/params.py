@@ -61,6 +61,10 @@ PARAMS: dict[str, ParamSpec] = {
     "backend": ParamSpec("torch", "inference backend: torch, onnxruntime (the checked ONNX export of the model, "
                                   "cached on first use) or tensorrt (engine built from it; needs TensorRT and a GPU)",
                          read_only=True, choices=("torch", "onnxruntime", "tensorrt")),
+    "onnx_path": ParamSpec("", "ONNX export to run with backend onnxruntime/tensorrt (vl-anomaly export); "
+                               "'' = the cached export of model + weights", read_only=True),
+    "tensorrt_precision": ParamSpec("fp16", "TensorRT engine precision (backend tensorrt)", read_only=True,
+                                    choices=("fp16", "fp32")),
     "threads": ParamSpec(0, "torch CPU threads; 0 = torch's default", read_only=True, min=0, max=256),
     "input_height": ParamSpec(0, "network input height in px (multiple of 32); 0 = the weights' training size",
                               read_only=True, min=0, max=4096, check=_size_check),

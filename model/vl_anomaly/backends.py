@@ -1,56 +1,35 @@
-"""Inference backends behind one interface: a module mapping ``pixel_values (1, 3, H, W)`` to a
-:class:`~vl_anomaly.outputs.SegmenterOutput`, so :class:`~vl_anomaly.pipeline.AnomalyPredictor` (and with it
+"""Inference backends behind one interface, so :class:`~vl_anomaly.pipeline.AnomalyPredictor` (and with it
 ``predict``, ``eval``, the node and replay) runs the same scores and post-processing on every backend.
 
-* ``torch``: the PyTorch module itself.
-* ``onnxruntime`` (:class:`OnnxRuntimeSegmenter`): an exported graph (:mod:`vl_anomaly.export`), CPU here;
-  ``CUDAExecutionProvider`` / ``TensorrtExecutionProvider`` are used when ONNX Runtime offers them (not on our
-  machines).
-* ``tensorrt`` (:class:`vl_anomaly.tensorrt_backend.TensorRTSegmenter`): an engine built from the ONNX export and
+A backend runs an exported graph (:mod:`vl_anomaly.export`) through a **runner**, ``run({input: tensor}) →
+{output: tensor}``:
+
+* ``torch``: no runner, the PyTorch module itself.
+* ``onnxruntime`` (:class:`OnnxRuntimeRunner`): CPU here; ``TensorrtExecutionProvider`` / ``CUDAExecutionProvider``
+  are used when ONNX Runtime offers them (not on our machines).
+* ``tensorrt`` (:class:`vl_anomaly.tensorrt_backend.TensorRTRunner`): an engine built from the ONNX export and
   cached; written against the TensorRT 10 API, **never run here** (no TensorRT, no GPU; docs/deployment.md).
+
+Three adapters give the runners the interfaces of the PyTorch models: :class:`ExportedSegmenter` (a segmenter,
+``pixel_values → SegmenterOutput``), :class:`ExportedClipImages` (CLIP's ``encode_images``) and
+:class:`ExportedVLModel` (``pixel_values → VLOutput`` plus the CLIP crop encoder and the text tables).
+:func:`load_exported` reads an export's record and builds the right one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import ConfigError
-from .export import ExportError, ExportRecord, _session
+from .export import ExportError, ExportRecord, _session, vl_companion_paths
 from .outputs import SegmenterOutput
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-class OnnxRuntimeSegmenter(nn.Module):
-    """An exported segmenter run by ONNX Runtime. ``threads``: intra-op threads (None: ONNX Runtime's default).
-
-    Attributes mirror the PyTorch segmenters (``feature_stride``, ``has_mask_queries``, ``feature_channels``).
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ExportError(f"ONNX model {self.path} does not exist")
-        self.record = ExportRecord.load(self.path)
-        self.session = _session(self.path, threads)
-        self.feature_stride = self.record.feature_stride
-        self.has_mask_queries = self.record.has_mask_queries
-        self.feature_channels = self.record.output_shapes["pixel_features"][1]
-        self.input_size = tuple(self.record.input_size)
-
-    def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
-        if tuple(pixel_values.shape) != (1, 3, *self.input_size):
-            raise ConfigError(f"{self.path.name} was exported for input (1, 3, {self.input_size[0]}, "
-                              f"{self.input_size[1]}); got {tuple(pixel_values.shape)}. Export one graph per size "
-                              "(vl-anomaly export --input-size H W)")
-        names = self.record.outputs
-        values = self.session.run(names, {"pixel_values": pixel_values.detach().cpu().float().numpy()})
-        out = {name: torch.from_numpy(value) for name, value in zip(names, values)}
-        return SegmenterOutput(feature_stride=self.feature_stride, **out)
 
 
 def check_backend(backend: str) -> str:
@@ -59,23 +38,155 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-class OnnxRuntimeClipImages:
-    """The exported CLIP image encoder (:func:`vl_anomaly.export.export_clip_image_onnx`) with the
-    ``image_size`` / ``encode_images`` interface of :class:`~vl_anomaly.networks.clip_towers.FrozenCLIP`, so
-    :func:`vl_anomaly.vl_scores.clip_crop_score` runs it unchanged (one batched call for all crops)."""
+class GraphRunner(Protocol):
+    """Runs one exported graph: named input tensors → named output tensors (on the runner's device)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    path: Path
+    record: ExportRecord
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class OnnxRuntimeRunner:
+    """An exported graph in an ONNX Runtime session. ``threads``: intra-op threads (None: ONNX Runtime's
+    default); ``providers``: execution providers in order of preference (default: TensorRT, CUDA, CPU — those
+    installed)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ExportError(f"ONNX model {self.path} does not exist")
         self.record = ExportRecord.load(self.path)
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path, threads, providers)
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feed = {name: value.detach().cpu().float().numpy() for name, value in inputs.items()}
+        values = self.session.run(self.record.outputs, feed)
+        return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self.record.outputs, values)}
+
+
+def make_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp16",
+                engine_path: str | Path | None = None) -> GraphRunner:
+    """The runner of ``backend`` (``onnxruntime`` or ``tensorrt``) for the ONNX export at ``path``."""
+    check_backend(backend)
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(path, threads)
+    if backend == "tensorrt":
+        from .tensorrt_backend import TensorRTRunner
+
+        return TensorRTRunner(path, precision=precision, engine_path=engine_path)
+    raise ConfigError("backend 'torch' runs the PyTorch module, not an exported graph")
+
+
+class ExportedSegmenter(nn.Module):
+    """An exported segmenter behind a runner; ``forward``: ``pixel_values (1, 3, H, W)`` at the export size →
+    :class:`SegmenterOutput`. Attributes mirror the PyTorch segmenters (``feature_stride``, ``has_mask_queries``,
+    ``feature_channels``)."""
+
+    def __init__(self, runner: GraphRunner) -> None:
+        super().__init__()
+        self.runner = runner
+        self.path, self.record = runner.path, runner.record
+        self.feature_stride = self.record.feature_stride
+        self.has_mask_queries = self.record.has_mask_queries
+        self.feature_channels = self.record.output_shapes["pixel_features"][1]
+        self.input_size = tuple(self.record.input_size)
+
+    def _run(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tuple(pixel_values.shape) != (1, 3, *self.input_size):
+            raise ConfigError(f"{self.path.name} was exported for input (1, 3, {self.input_size[0]}, "
+                              f"{self.input_size[1]}); got {tuple(pixel_values.shape)}. Export one graph per size "
+                              "(vl-anomaly export --input-size H W)")
+        return self.runner.run({"pixel_values": pixel_values})
+
+    def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
+        out = self._run(pixel_values)
+        return SegmenterOutput(feature_stride=self.feature_stride,
+                               **{k: v for k, v in out.items() if k not in ("s_pix", "s_mask")})
+
+
+class ExportedClipImages:
+    """The exported CLIP image encoder with the ``image_size`` / ``encode_images`` interface of
+    :class:`~vl_anomaly.networks.clip_towers.FrozenCLIP`, so :func:`vl_anomaly.vl_scores.clip_crop_score` runs it
+    unchanged (one batched call for all crops, at most ``max_batch``)."""
+
+    def __init__(self, runner: GraphRunner) -> None:
+        if runner.record.kind != "clip_image":
+            raise ExportError(f"{runner.path} is a {runner.record.kind} export, not a CLIP image encoder")
+        self.runner = runner
+        self.path, self.record = runner.path, runner.record
         self.image_size = int(self.record.input_size[0])
+        self.max_batch = int(self.record.extras.get("max_batch", 64))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` CLIP-normalised crops → ``(B, D)`` L2-normalised embeddings."""
-        if tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
             raise ConfigError(f"CLIP expects (B, 3, {self.image_size}, {self.image_size}) crops, got "
                               f"{tuple(images.shape)}")
-        out = self.session.run(["image_embeddings"], {"images": images.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out)
+        chunks = [self.runner.run({"images": images[i: i + self.max_batch]})["image_embeddings"]
+                  for i in range(0, images.shape[0], self.max_batch)]
+        return torch.cat(chunks).to(images.device)
+
+
+class ExportedVLModel(ExportedSegmenter):
+    """An exported VL-Anomaly model (:func:`vl_anomaly.export.export_vl_onnx`): ``forward`` gives a
+    :class:`~vl_anomaly.networks.vl_anomaly.VLOutput` like the PyTorch model; ``clip`` is the exported CLIP image
+    encoder; the text tables, score sources and fusion come from the export."""
+
+    is_vision_language = True
+
+    def __init__(self, runner: GraphRunner, clip_runner: GraphRunner) -> None:
+        super().__init__(runner)
+        from safetensors.torch import load_file
+
+        from .fusion import FusionCfg
+        from .pretrained import sha256_file
+
+        if self.record.kind != "vl_anomaly":
+            raise ExportError(f"{self.path} is a {self.record.kind} export, not a VL-Anomaly model")
+        extras = self.record.extras
+        _, text_path = vl_companion_paths(self.path)
+        if not text_path.is_file():
+            raise ExportError(f"{self.path.name} needs its text embeddings {text_path.name} next to it")
+        if sha256_file(text_path) != extras["text_sha256"]:
+            raise ExportError(f"{text_path} does not match the export record (re-export {self.path.name})")
+        if clip_runner.record.sha256 != extras["clip_image_sha256"]:
+            raise ExportError(f"{clip_runner.path} is not the CLIP encoder exported with {self.path.name}")
+        tables = load_file(str(text_path))
+        self.register_buffer("class_text", tables["class_text"])
+        self.register_buffer("crop_text", tables["crop_text"])
+        self.clip = ExportedClipImages(clip_runner)
+        self.class_names = tuple(extras["class_names"])
+        self.sources_cfg = dict(extras.get("sources") or {})
+        self.fusion_cfg = FusionCfg.from_dict(extras["fusion"]) if extras.get("fusion") else None
+        self.has_mask_queries = "s_mask" in self.record.outputs
+
+    def crop_text_embeddings(self) -> torch.Tensor:
+        return self.crop_text
+
+    def forward(self, pixel_values: torch.Tensor):
+        from .networks.vl_anomaly import VLOutput
+
+        out = self._run(pixel_values)
+        s_pix, s_mask = out.pop("s_pix"), out.pop("s_mask", None)
+        base = SegmenterOutput(feature_stride=self.feature_stride, **out)
+        return VLOutput(base=base, s_pix=s_pix, s_mask=s_mask, text=self.class_text)
+
+
+def load_exported(path: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+                  precision: str = "fp16", engine_path: str | Path | None = None) -> nn.Module | ExportedClipImages:
+    """An export (any kind, read from its sidecar) run by ``backend``: :class:`ExportedSegmenter`,
+    :class:`ExportedVLModel` (its CLIP graph found next to it) or :class:`ExportedClipImages`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX model {path} does not exist")
+    kind = ExportRecord.load(path).kind
+    runner = make_runner(path, backend, threads, precision, engine_path)
+    if kind == "clip_image":
+        return ExportedClipImages(runner)
+    if kind == "vl_anomaly":
+        clip_path, _ = vl_companion_paths(path)
+        if not clip_path.is_file():
+            raise ExportError(f"{path.name} needs its CLIP image encoder {clip_path.name} next to it")
+        return ExportedVLModel(runner, make_runner(clip_path, backend, threads, precision))
+    return ExportedSegmenter(runner)

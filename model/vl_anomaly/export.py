@@ -1,22 +1,30 @@
-"""ONNX export of the registry's segmenters, with a numerical check against PyTorch as part of the export.
+"""ONNX export of the registry's models, with a numerical check against PyTorch as part of every export.
 
-One graph per network input size (ENGINEERING-NOTES §6.4: dynamic H/W exports silently but computes wrong
-results for Mask2Former's pixel decoder), batch 1, exporter ``dynamo=True``, opset 18, weights inside the file.
+Three kinds of graph (documented in docs/deployment.md), all exporter ``dynamo=True``, opset 18, weights inside
+the file, and each with a JSON sidecar (``<file>.json``, :class:`ExportRecord`: model, weights, size, outputs and
+their shapes, versions, the SHA-256 of the ONNX file and the check's max abs differences):
 
-Graph interface (documented in docs/deployment.md): input ``pixel_values`` ``(1, 3, H, W)`` float32, pre-processed
-as the weights expect (:mod:`vl_anomaly.preprocess`); outputs, named after :class:`~vl_anomaly.outputs.SegmenterOutput`
-fields and present when the model has them: ``logits (1, K, H, W)``, ``pixel_features (1, C, H/s, W/s)``,
-``void_logits (1, 1, H, W)`` (ESPNet family), ``class_queries_logits (1, Q, K+1)``, ``masks_queries_logits
-(1, Q, H/4, W/4)``, ``query_embeddings (1, Q, D)`` (Mask2Former). A JSON sidecar (``<file>.json``) records
-model, weights, size, outputs, versions, the SHA-256 of the ONNX file and the check's max abs differences.
+* ``segmenter`` (:func:`export_onnx`): one graph per network input size (ENGINEERING-NOTES §6.4: dynamic H/W
+  exports silently but computes wrong results for Mask2Former's pixel decoder), batch 1. Input ``pixel_values
+  (1, 3, H, W)`` float32, pre-processed as the weights expect (:mod:`vl_anomaly.preprocess`); outputs named after
+  :class:`~vl_anomaly.outputs.SegmenterOutput` fields, present when the model has them: ``logits (1, K, H, W)``,
+  ``pixel_features (1, C, H/s, W/s)``, ``void_logits (1, 1, H, W)`` (ESPNet family), ``class_queries_logits
+  (1, Q, K+1)``, ``masks_queries_logits (1, Q, H/4, W/4)``, ``query_embeddings (1, Q, D)`` (Mask2Former).
+* ``clip_image`` (:func:`export_clip_image_onnx`): the frozen CLIP image tower with a **dynamic batch** of crops,
+  ``images (B, 3, S, S)`` → ``image_embeddings (B, D)``.
+* ``vl_anomaly`` (:func:`export_vl_onnx`): the per-frame VL-Anomaly graph — segmenter + PL-Aligner with the cached
+  class text embeddings as constants — whose outputs are the segmenter's plus ``s_pix (1, K, H/s, W/s)`` and,
+  with mask queries, ``s_mask (1, Q, K+1)``; exported together with its ``clip_image`` graph and a safetensors
+  file of the two text-embedding tables, so no text tower runs on the target.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,28 +36,19 @@ from .pretrained import sha256_file
 
 OUTPUT_FIELDS = ("logits", "pixel_features", "void_logits", "class_queries_logits", "masks_queries_logits",
                  "query_embeddings")
+VL_OUTPUTS = ("s_pix", "s_mask")
 OPSET = 18
+KINDS = ("segmenter", "clip_image", "vl_anomaly")
 
 
 class ExportError(VLAnomalyError):
     """An export that failed or does not match PyTorch."""
 
 
-class _Flat(nn.Module):
-    """``SegmenterOutput`` → a tuple of the present fields (ONNX graphs return tensors, not dataclasses)."""
-
-    def __init__(self, model: nn.Module, fields: tuple[str, ...]) -> None:
-        super().__init__()
-        self.model, self.fields = model, fields
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(pixel_values)
-        return tuple(getattr(out, f) for f in self.fields)
-
-
 @dataclass
 class ExportRecord:
-    """The sidecar of an exported graph."""
+    """The sidecar of an exported graph. ``kind``: one of :data:`KINDS`; ``extras``: kind-specific (for
+    ``vl_anomaly``: the companion files, class names, score sources and fusion config)."""
 
     model: str
     weights: str
@@ -64,6 +63,9 @@ class ExportRecord:
     torch_version: str
     onnxruntime_version: str
     date: str
+    kind: str = "segmenter"
+    inputs: list[str] = field(default_factory=lambda: ["pixel_values"])
+    extras: dict = field(default_factory=dict)
 
     def save(self, onnx_path: Path) -> Path:
         path = Path(f"{onnx_path}.json")
@@ -75,120 +77,186 @@ class ExportRecord:
         path = Path(f"{onnx_path}.json")
         if not path.is_file():
             raise ExportError(f"{onnx_path} has no sidecar {path.name}; export it with `vl-anomaly export`")
-        data = json.loads(path.read_text())
-        data["input_size"] = tuple(data["input_size"])
-        return cls(**data)
+        try:
+            data = json.loads(path.read_text())
+            data["input_size"] = tuple(data["input_size"])
+            record = cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ExportError(f"sidecar {path} is not a vl-anomaly export record ({exc}); re-export") from exc
+        if record.kind not in KINDS:
+            raise ExportError(f"sidecar {path} has unknown kind {record.kind!r} (expected one of {KINDS})")
+        return record
 
 
-def _session(path: Path, threads: int | None = None):
+def _session(path: Path, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session; ``providers`` default: TensorRT, CUDA, CPU — those installed, in that order."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    providers = [p for p in preferred if p in ort.get_available_providers()]
+    preferred = providers or ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    available = [p for p in preferred if p in ort.get_available_providers()]
+    if not available:
+        raise ExportError(f"none of the ONNX Runtime providers {preferred} is available here "
+                          f"(available: {ort.get_available_providers()})")
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(str(path), options, providers=available)
     except Exception as exc:                                                   # noqa: BLE001
         raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
 
 
-def export_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], name: str = "", weights: str = "",
-                atol: float = 1e-3, rtol: float = 1e-5, check_inputs: int = 2, seed: int = 0) -> ExportRecord:
-    """Export ``model`` (a segmenter returning :class:`SegmenterOutput`) to ``out`` and check it.
-
-    The check runs PyTorch and ONNX Runtime on ``check_inputs`` random inputs of the export size and raises
-    :class:`ExportError` when an output differs by more than ``atol + rtol · max|PyTorch output|`` (float32
-    re-association; ESPNet's logits reach ±2000 on random inputs).
-    """
-    import onnxruntime
-
-    out = Path(out)
+def _export_checked(module: nn.Module, inputs: list[torch.Tensor], out: Path, input_name: str,
+                    output_names: list[str], name: str, atol: float, rtol: float,
+                    dynamic_shapes: tuple | None = None) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Export ``module`` (tensor → tuple of tensors) with ``inputs[0]`` as example, then run PyTorch and ONNX
+    Runtime on every input; raise :class:`ExportError` when an output differs by more than
+    ``atol + rtol · max|PyTorch output|`` (float32 re-association; ESPNet's logits reach ±2000 on random inputs).
+    Returns the max abs differences and the output shapes at ``inputs[0]``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(1, 3, *input_size, generator=generator) for _ in range(max(1, check_inputs))]
-    with torch.no_grad():
-        reference: SegmenterOutput = model(inputs[0])
-    fields = tuple(f for f in OUTPUT_FIELDS if getattr(reference, f) is not None)
+    module = module.eval()
     try:
-        torch.onnx.export(_Flat(model, fields), (inputs[0],), str(out), dynamo=True, opset_version=OPSET,
-                          external_data=False, input_names=["pixel_values"], output_names=list(fields))
+        torch.onnx.export(module, (inputs[0],), str(out), dynamo=True, opset_version=OPSET, external_data=False,
+                          input_names=[input_name], output_names=output_names, dynamic_shapes=dynamic_shapes)
     except Exception as exc:                                                   # noqa: BLE001
-        raise ExportError(f"ONNX export of {name or type(model).__name__} failed: {exc}") from exc
-    session = _session(out)
-    diffs = {f: 0.0 for f in fields}
-    scales = {f: 0.0 for f in fields}
+        raise ExportError(f"ONNX export of {name} failed: {exc}") from exc
+    session = _session(out, providers=["CPUExecutionProvider"])
+    diffs = {f: 0.0 for f in output_names}
+    scales = {f: 0.0 for f in output_names}
+    shapes: dict[str, list[int]] = {}
     for x in inputs:
         with torch.no_grad():
-            expected = model(x)
-        got = session.run(list(fields), {"pixel_values": x.numpy()})
-        for f, value in zip(fields, got):
-            reference_value = getattr(expected, f).numpy()
-            diffs[f] = max(diffs[f], float(np.abs(value - reference_value).max()))
-            scales[f] = max(scales[f], float(np.abs(reference_value).max()))
+            expected = [t.numpy() for t in module(x)]
+        got = session.run(output_names, {input_name: x.numpy()})
+        for f, value, reference in zip(output_names, got, expected):
+            if value.shape != reference.shape:
+                raise ExportError(f"ONNX export of {name}: output {f} has shape {value.shape} for input "
+                                  f"{tuple(x.shape)}, PyTorch {reference.shape}")
+            diffs[f] = max(diffs[f], float(np.abs(value - reference).max()))
+            scales[f] = max(scales[f], float(np.abs(reference).max()))
+            shapes.setdefault(f, list(reference.shape))
     bad = {f: d for f, d in diffs.items() if not d <= atol + rtol * scales[f]}
     if bad:
         raise ExportError(f"ONNX export of {name} differs from PyTorch: max abs diff {bad} exceeds "
                           f"{atol} + {rtol} x max|output| ({ {f: scales[f] for f in bad} })")
-    record = ExportRecord(
-        model=name, weights=str(weights), input_size=tuple(input_size), outputs=list(fields),
-        output_shapes={f: list(getattr(reference, f).shape) for f in fields},
-        feature_stride=int(reference.feature_stride), has_mask_queries=bool(reference.has_mask_queries),
-        opset=OPSET, sha256=sha256_file(out), max_abs_diff=diffs, torch_version=torch.__version__,
-        onnxruntime_version=onnxruntime.__version__, date=dt.datetime.now().isoformat(timespec="seconds"))
+    return diffs, shapes
+
+
+def _record(out: Path, **fields) -> ExportRecord:
+    import onnxruntime
+
+    record = ExportRecord(opset=OPSET, sha256=sha256_file(out), torch_version=torch.__version__,
+                          onnxruntime_version=onnxruntime.__version__,
+                          date=dt.datetime.now().isoformat(timespec="seconds"), **fields)
     record.save(out)
     return record
 
 
-class _ClipImage(nn.Module):
-    """CLIP image tower → L2-normalised embeddings ``(B, D)``."""
+class _Flat(nn.Module):
+    """Tensor → tuple of tensors (ONNX graphs return tensors, not dataclasses): ``fn(model, x)`` → the outputs."""
 
-    def __init__(self, clip) -> None:
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]]) -> None:
         super().__init__()
-        self.visual = clip.model.visual
+        self.model, self.fn = model, fn
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.visual(images), dim=-1)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.fn(self.model, x)
+
+
+def _random_inputs(count: int, shape: tuple[int, ...], seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=generator) for _ in range(max(1, count))]
+
+
+def export_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], name: str = "", weights: str = "",
+                atol: float = 1e-3, rtol: float = 1e-5, check_inputs: int = 2, seed: int = 0) -> ExportRecord:
+    """Export a segmenter (returning :class:`SegmenterOutput`) to ``out`` at ``input_size`` and check it on
+    ``check_inputs`` random inputs (see :func:`_export_checked`)."""
+    out = Path(out)
+    model = model.eval()
+    inputs = _random_inputs(check_inputs, (1, 3, *input_size), seed)
+    with torch.no_grad():
+        reference: SegmenterOutput = model(inputs[0])
+    fields = tuple(f for f in OUTPUT_FIELDS if getattr(reference, f) is not None)
+    flat = _Flat(model, lambda m, x: tuple(getattr(m(x), f) for f in fields))
+    diffs, shapes = _export_checked(flat, inputs, out, "pixel_values", list(fields),
+                                    name or type(model).__name__, atol, rtol)
+    return _record(out, model=name, weights=str(weights), input_size=tuple(input_size), outputs=list(fields),
+                   output_shapes=shapes, feature_stride=int(reference.feature_stride),
+                   has_mask_queries=bool(reference.has_mask_queries), max_abs_diff=diffs)
 
 
 def export_clip_image_onnx(clip, out: str | Path, max_batch: int = 64, atol: float = 1e-4,
                            name: str = "clip_image") -> ExportRecord:
     """Export the frozen CLIP image encoder with a **dynamic batch** of crops: input ``images (B, 3, S, S)``
-    (CLIP-normalised), output ``image_embeddings (B, D)``; checked against PyTorch at batch 1 and 3."""
-    import onnxruntime
+    (CLIP-normalised), output ``image_embeddings (B, D)`` L2-normalised; checked against PyTorch at batch 2, 1
+    and 3 (``1 ≤ B ≤ max_batch``, recorded in ``extras``)."""
+    out = Path(out)
+    size = clip.image_size
+    visual = clip.model.visual.eval()
+    flat = _Flat(visual, lambda m, x: (torch.nn.functional.normalize(m(x), dim=-1),))
+    inputs = [torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(count)) for count in (2, 1, 3)]
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    diffs, shapes = _export_checked(flat, inputs, out, "images", ["image_embeddings"], f"{name} (CLIP image encoder)",
+                                    atol, 0.0, dynamic_shapes=({0: batch},))
+    return _record(out, model=name, weights="", input_size=(size, size), outputs=["image_embeddings"],
+                   output_shapes={"image_embeddings": [-1, shapes["image_embeddings"][1]]}, feature_stride=0,
+                   has_mask_queries=False, max_abs_diff=diffs, kind="clip_image", inputs=["images"],
+                   extras={"max_batch": int(max(2, max_batch))})
+
+
+def vl_companion_paths(out: str | Path) -> tuple[Path, Path]:
+    """The CLIP image graph and text-embedding file exported next to a VL graph ``<stem>.onnx``."""
+    out = Path(out)
+    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return out.with_name(f"{stem}.clip_image.onnx"), out.with_name(f"{stem}.text.safetensors")
+
+
+def export_vl_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], name: str = "",
+                   weights: str = "", atol: float = 1e-3, rtol: float = 1e-5, check_inputs: int = 2,
+                   seed: int = 0) -> ExportRecord:
+    """Export a :class:`~vl_anomaly.networks.vl_anomaly.VLAnomalyModel` for deployment, checked against PyTorch:
+
+    * ``out``: segmenter + PL-Aligner, input ``pixel_values (1, 3, H, W)``; outputs the segmenter's fields, then
+      ``s_pix`` and (mask-query segmenters) ``s_mask``. The class text embeddings are computed once from the
+      prompts (the inference cache) and become constants of the graph.
+    * ``<stem>.clip_image.onnx``: the CLIP image encoder, dynamic batch up to ``sources.max_crops``.
+    * ``<stem>.text.safetensors``: ``class_text (K, D)`` (the prompts' embeddings, as in the graph) and
+      ``crop_text (K, D)`` (handcrafted, template-ensembled embeddings of the CLIP crop score).
+
+    The record's ``extras`` name the companion files (with their SHA-256), the class names, the score sources and
+    the fusion config, so the exported model scores exactly as the PyTorch one.
+    """
+    from safetensors.torch import save_file
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    size = clip.image_size
-    module = _ClipImage(clip).eval()
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    try:
-        torch.onnx.export(module, (example,), str(out), dynamo=True, opset_version=OPSET, external_data=False,
-                          input_names=["images"], output_names=["image_embeddings"],
-                          dynamic_shapes=({0: batch},))
-    except Exception as exc:                                                   # noqa: BLE001
-        raise ExportError(f"ONNX export of the CLIP image encoder failed: {exc}") from exc
-    session = _session(out)
-    worst = 0.0
-    for count in (1, 3):
-        x = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(count))
-        with torch.no_grad():
-            expected = module(x).numpy()
-        got = session.run(["image_embeddings"], {"images": x.numpy()})[0]
-        if got.shape != expected.shape:
-            raise ExportError(f"CLIP image export returns {got.shape} for batch {count}, expected {expected.shape}")
-        worst = max(worst, float(np.abs(got - expected).max()))
-    if worst > atol:
-        raise ExportError(f"CLIP image export differs from PyTorch by {worst} (> {atol})")
+    model = model.eval()
     with torch.no_grad():
-        dim = int(module(example[:1]).shape[-1])
-    record = ExportRecord(
-        model=name, weights="", input_size=(size, size), outputs=["image_embeddings"],
-        output_shapes={"image_embeddings": [-1, dim]}, feature_stride=0, has_mask_queries=False, opset=OPSET,
-        sha256=sha256_file(out), max_abs_diff={"image_embeddings": worst}, torch_version=torch.__version__,
-        onnxruntime_version=onnxruntime.__version__, date=dt.datetime.now().isoformat(timespec="seconds"))
-    record.save(out)
-    return record
+        text = model.refresh_text_cache().clone()
+    inputs = _random_inputs(check_inputs, (1, 3, *input_size), seed)
+    with torch.no_grad():
+        reference = model(inputs[0])
+    fields = tuple(f for f in OUTPUT_FIELDS if getattr(reference.base, f) is not None)
+    vl_fields = ("s_pix",) + (("s_mask",) if reference.s_mask is not None else ())
+
+    def flat_vl(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = m.align(m.segmenter(x), m.text_embeddings)         # the cached text, constant in the graph
+        return tuple(getattr(output.base, f) for f in fields) + tuple(getattr(output, f) for f in vl_fields)
+
+    diffs, shapes = _export_checked(_Flat(model, flat_vl), inputs, out, "pixel_values",
+                                    list(fields + vl_fields), name or "VL-Anomaly", atol, rtol)
+    sources = dict(getattr(model, "sources_cfg", {}) or {})
+    clip_path, text_path = vl_companion_paths(out)
+    clip_record = export_clip_image_onnx(model.clip, clip_path, max_batch=int(sources.get("max_crops", 20)),
+                                         name=f"{name}.clip_image")
+    save_file({"class_text": text.contiguous(), "crop_text": model.crop_text_embeddings().contiguous()},
+              str(text_path))
+    fusion = getattr(model, "fusion_cfg", None)
+    extras = {"clip_image": clip_path.name, "clip_image_sha256": clip_record.sha256, "text": text_path.name,
+              "text_sha256": sha256_file(text_path), "class_names": list(model.prompts.class_names),
+              "sources": sources, "fusion": fusion.to_dict() if fusion is not None else None}
+    return _record(out, model=name, weights=str(weights), input_size=tuple(input_size),
+                   outputs=list(fields + vl_fields), output_shapes=shapes,
+                   feature_stride=int(reference.base.feature_stride),
+                   has_mask_queries=bool(reference.base.has_mask_queries), max_abs_diff=diffs, kind="vl_anomaly",
+                   extras=extras)

@@ -22,7 +22,8 @@ from .errors import ConfigError, WeightsError
 from .pipeline import AnomalyPredictor
 from .postprocess import PostprocessCfg
 from .preprocess import PreprocessCfg
-from .pretrained import get_pretrained_cfg, load_registered_state_dict
+from .paths import cache_dir
+from .pretrained import get_pretrained_cfg, load_registered_state_dict, sha256_file
 from .registry import build_network, get_model_config
 from .scores import get_score
 
@@ -148,13 +149,13 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                      threshold: float | None = None, device: str = "cpu",
                      input_size: tuple[int, int] | None = None, min_area_px: int = 100,
                      drivable_only: bool = False, drivable_margin_px: int = 20, backend: str = "torch",
-                     onnx_path: str | Path | None = None) -> AnomalyPredictor:
+                     onnx_path: str | Path | None = None, precision: str = "fp16") -> AnomalyPredictor:
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``threshold`` defaults to the score's documented default (:data:`vl_anomaly.scores.SCORES`).
     ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.backends`); the ONNX graph is
-    ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use);
-    TensorRT builds and caches its engine from it (not run on our machines).
+    ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use,
+    :func:`exported_model`); TensorRT builds and caches its ``precision`` engine from it (not run on our machines).
     """
     from .backends import check_backend
 
@@ -166,39 +167,54 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                           min_area_px=min_area_px, drivable_only=drivable_only,
                           drivable_margin_px=drivable_margin_px)
     preprocess_cfg = get_preprocess_cfg(name, input_size)
-    if backend == "onnxruntime":
-        model = onnx_segmenter(name, weights, preprocess_cfg.input_size, onnx_path)
-    elif backend == "tensorrt":
-        from .tensorrt_backend import TensorRTSegmenter, _import_tensorrt
-
-        _import_tensorrt()                                   # clear error before any export work
-        model = TensorRTSegmenter(onnx_segmenter(name, weights, preprocess_cfg.input_size, onnx_path).path)
-    else:
+    if backend == "torch":
         model = create_model(name, weights=weights, device=device)
+    else:
+        model = exported_model(name, weights, preprocess_cfg.input_size, onnx_path, backend, precision)
     return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name)
 
 
-def onnx_segmenter(name: str, weights, input_size: tuple[int, int], onnx_path: str | Path | None = None):
-    """The ONNX Runtime segmenter of a registered model: ``onnx_path``, or a cached export under
-    ``$VL_ANOMALY_CACHE_DIR/onnx`` keyed by model, weights, input size and torch version (re-exported and
-    re-checked when any changes)."""
-    from .backends import OnnxRuntimeSegmenter
-    from .export import ExportRecord, export_onnx
-    from .paths import cache_dir
-    from .pretrained import sha256_file
+def _weights_tag(name: str, weights) -> str:
+    """Short identity of a model's weights for the export cache (registered SHA-256, or the file's); VL models:
+    segmenter, CLIP and head. Raises :class:`ConfigError` for random weights (never cached)."""
+    cfg = get_model_config(name)
+    if cfg["family"] == "vl_anomaly":
+        import os
 
-    if onnx_path is not None:
-        return OnnxRuntimeSegmenter(onnx_path)
-    if get_model_config(name)["family"] == "vl_anomaly":
-        raise ConfigError(f"{name}: the vision-language head is not exported yet; use backend='torch'")
-    if weights in (None, "none"):
-        raise ConfigError("an ONNX export of random weights is not cached; export explicitly (vl-anomaly export)")
+        clip = str(os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", cfg["clip"].get("pretrained")))
+        if clip.lower() == "none":
+            raise ConfigError(f"{name}: CLIP has random weights (VL_ANOMALY_CLIP_WEIGHTS / config); such exports "
+                              f"are not cached: run `vl-anomaly export --model {name}` and pass its file as onnx_path")
+        clip_tag = sha256_file(Path(clip))[:8] if Path(clip).is_file() else clip
+        return f"{_weights_tag(cfg['segmenter'], 'default')[:8]}.{clip_tag}.{sha256_file(Path(weights))[:12]}"
     if weights == "default":
         record = get_pretrained_cfg(name)
-        tag = (record.sha256 or "hub")[:12] if record is not None else "default"
-    else:
-        tag = sha256_file(Path(weights))[:12] if Path(weights).is_file() else Path(weights).name
-    path = cache_dir() / "onnx" / f"{name}.{tag}.{input_size[0]}x{input_size[1]}.onnx"
+        return (record.sha256 or "hub")[:12] if record is not None else "default"
+    return sha256_file(Path(weights))[:12] if Path(weights).is_file() else Path(weights).name
+
+
+def exported_model(name: str, weights, input_size: tuple[int, int], onnx_path: str | Path | None = None,
+                   backend: str = "onnxruntime", precision: str = "fp16", threads: int | None = None) -> nn.Module:
+    """A registered model run by ``backend`` (``onnxruntime`` or ``tensorrt``) from its ONNX export: ``onnx_path``,
+    or a cached export under ``$VL_ANOMALY_CACHE_DIR/onnx`` keyed by model, weights, input size and torch version
+    (re-exported and re-checked when any changes). Random or untrained weights are never cached: export them
+    explicitly (``vl-anomaly export``) and pass ``onnx_path``."""
+    from .backends import load_exported
+    from .export import ExportRecord
+
+    if backend == "tensorrt":
+        from .tensorrt_backend import _import_tensorrt
+
+        _import_tensorrt()                                   # clear error before any export work
+    if onnx_path is not None:
+        return load_exported(onnx_path, backend, threads, precision)
+    family = get_model_config(name)["family"]
+    if weights is None or str(weights).lower() in ("none", "untrained") or (family == "vl_anomaly"
+                                                                            and weights == "default"):
+        raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (random or untrained weights "
+                          f"are not cached): run `vl-anomaly export --model {name} --weights ...` and pass its "
+                          "file as onnx_path")
+    path = cache_dir() / "onnx" / f"{name}.{_weights_tag(name, weights)}.{input_size[0]}x{input_size[1]}.onnx"
     fresh = False
     if path.is_file():
         try:
@@ -208,5 +224,17 @@ def onnx_segmenter(name: str, weights, input_size: tuple[int, int], onnx_path: s
             fresh = False
     if not fresh:
         _LOG.warning("exporting %s to %s (once; checked against PyTorch)", name, path)
-        export_onnx(create_model(name, weights=weights), path, tuple(input_size), name=name, weights=str(weights))
-    return OnnxRuntimeSegmenter(path)
+        export_model(name, weights, path, tuple(input_size))
+    return load_exported(path, backend, threads, precision)
+
+
+def export_model(name: str, weights, out: str | Path, input_size: tuple[int, int]):
+    """Export registered model ``name`` with ``weights`` to ``out`` at ``input_size`` (segmenters:
+    :func:`~vl_anomaly.export.export_onnx`; VL-Anomaly: :func:`~vl_anomaly.export.export_vl_onnx`, which also
+    writes its CLIP image encoder and text tables). Returns the :class:`~vl_anomaly.export.ExportRecord`."""
+    from .export import export_onnx, export_vl_onnx
+
+    model = create_model(name, weights=weights)
+    if get_model_config(name)["family"] == "vl_anomaly":
+        return export_vl_onnx(model, out, tuple(input_size), name=name, weights=str(weights))
+    return export_onnx(model, out, tuple(input_size), name=name, weights=str(weights))

@@ -62,7 +62,7 @@ class AnomalyPredictor:
     def __init__(self, model: nn.Module, preprocess_cfg: PreprocessCfg, score: str = "msp",
                  postprocess_cfg: PostprocessCfg | None = None, device: str = "cpu", name: str = "") -> None:
         self.spec = get_score(score)
-        self.is_vl = hasattr(model, "pixel_aligner")              # a VLAnomalyModel (vision-language head)
+        self.is_vl = bool(getattr(model, "is_vision_language", False))   # VLAnomalyModel or its export
         if self.spec.needs_vl and not self.is_vl:
             raise ConfigError(f"score {score!r} needs a vision-language model (family vl_anomaly); "
                               f"{name or 'this model'} is a plain segmenter")
@@ -125,7 +125,7 @@ class AnomalyPredictor:
                  ) -> dict[str, np.ndarray]:
         """The vision-language sources (and their fusion) at image resolution (docs/method.md)."""
         from .fusion import fuse
-        from .vl_scores import clip_crop_score, handcrafted_text_embeddings, text_guided_score
+        from .vl_scores import clip_crop_score, text_guided_score
 
         model = self.model
         sources = getattr(model, "sources_cfg", {}) or {}
@@ -146,9 +146,7 @@ class AnomalyPredictor:
         if "text_guided" in needed:
             out["text_guided"] = text_guided_score(output, size)[0].float().cpu().numpy()
         if "clip_crops" in needed:
-            if getattr(model, "_hand_text", None) is None:
-                model._hand_text = handcrafted_text_embeddings(model.clip, model.prompts.class_names)
-            out["clip_crops"], _ = clip_crop_score(rgb, det, model.clip, model._hand_text,
+            out["clip_crops"], _ = clip_crop_score(rgb, det, model.clip, model.crop_text_embeddings(),
                                                    get_score(detector).default_threshold,
                                                    max_crops=int(sources.get("max_crops", 20)))
         if "vl_fused" in needed:

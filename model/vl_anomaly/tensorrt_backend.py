@@ -4,11 +4,12 @@
 no GPU; ENGINEERING-NOTES §6.6). The code is written against the TensorRT 10 Python API and imported only when
 ``backend="tensorrt"`` is asked for; without TensorRT or CUDA that request fails with a clear error (tested).
 
-Engine cache (ENGINEERING-NOTES §7.5): ``<cache>/<model>.<onnx sha256[:12]>.trt<version>.sm<major><minor>.<precision>.
-<H>x<W>.plan`` plus a JSON sidecar (versions, GPU, flags, date). Lookup: explicit engine path → cache → build
-(if ``allow_build``) under a file lock, written to a temporary file and renamed, so concurrent starts never read a
-half-written engine. A plan that fails to deserialise, or whose I/O names or shapes differ from the ONNX export's
-record, is a cache miss.
+Engine cache (ENGINEERING-NOTES §7.5): ``<cache>/<model>.<onnx sha256[:12]>.trt<version>.<gpu name>.sm<major><minor>.
+<precision>.<H>x<W>.plan`` plus a JSON sidecar (versions, GPU, flags, profile, date). Lookup: explicit engine path →
+cache → build (if ``allow_build``) under a file lock, written to a temporary file and renamed, so concurrent starts
+never read a half-written engine. A plan that fails to deserialise, or whose I/O names or static output shapes
+differ from the ONNX export's record, is a cache miss. Graphs with a dynamic batch (the CLIP image encoder) get one
+optimisation profile ``1 … max_batch`` (from the export record).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .errors import ConfigError, VLAnomalyError
 from .export import ExportRecord
-from .outputs import SegmenterOutput
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -40,19 +40,30 @@ def _import_tensorrt():
     return trt
 
 
-def engine_key(record: ExportRecord, trt_version: str, precision: str) -> str:
-    major, minor = torch.cuda.get_device_capability()
+def engine_key(record: ExportRecord, trt_version: str, precision: str, gpu_name: str,
+               capability: tuple[int, int]) -> str:
+    """Cache key: model, ONNX hash, TensorRT version, GPU name and compute capability, precision, input size."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
     h, w = record.input_size
-    return f"{record.model}.{record.sha256[:12]}.trt{trt_version}.sm{major}{minor}.{precision}.{h}x{w}"
+    return (f"{record.model}.{record.sha256[:12]}.trt{trt_version}.{gpu}.sm{capability[0]}{capability[1]}."
+            f"{precision}.{h}x{w}")
 
 
-class TensorRTSegmenter(nn.Module):
-    """A TensorRT engine of an exported segmenter; ``forward``: CUDA ``(1, 3, H, W)`` → ``SegmenterOutput``.
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8}
+    if dtype not in table:
+        raise ConfigError(f"TensorRT tensor type {dtype} is not supported by this backend")
+    return table[dtype]
+
+
+class TensorRTRunner:
+    """A TensorRT engine of an ONNX export; ``run({input: tensor}) → {output: CUDA tensor}``.
 
     Args:
         onnx_path: the ONNX export (with its sidecar record).
         precision: ``fp32`` or ``fp16`` (``BuilderFlag.FP16``; TensorRT keeps layers in fp32 where it must).
-        cache_dir: engine cache folder (never the install space).
+        cache_dir: engine cache folder (never the install space; default ``$VL_ANOMALY_CACHE_DIR/tensorrt``).
         engine_path: an explicit engine file to load instead of the cache.
         workspace_mb: builder workspace limit.
         allow_build: build on a cache miss (minutes on embedded GPUs); otherwise a miss is an error.
@@ -60,12 +71,11 @@ class TensorRTSegmenter(nn.Module):
 
     def __init__(self, onnx_path: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
                  engine_path: str | Path | None = None, workspace_mb: int = 1024, allow_build: bool = True) -> None:
-        super().__init__()
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         trt = _import_tensorrt()
         self.trt = trt
-        self.onnx_path = Path(onnx_path)
+        self.path = self.onnx_path = Path(onnx_path)
         self.record = ExportRecord.load(self.onnx_path)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -75,7 +85,9 @@ class TensorRTSegmenter(nn.Module):
             from .paths import cache_dir as default_cache
 
             folder = Path(cache_dir) if cache_dir else default_cache() / "tensorrt"
-            plan_path = folder / f"{engine_key(self.record, trt.__version__, precision)}.plan"
+            key = engine_key(self.record, trt.__version__, precision, torch.cuda.get_device_name(),
+                             torch.cuda.get_device_capability())
+            plan_path = folder / f"{key}.plan"
         self.engine = self._load(plan_path) if plan_path.is_file() else None
         if self.engine is None:
             if engine_path is not None or not allow_build:
@@ -88,9 +100,6 @@ class TensorRTSegmenter(nn.Module):
                 raise ConfigError(f"the TensorRT engine built at {plan_path} does not match the ONNX export")
         self.context = self.engine.create_execution_context()
         self.plan_path = plan_path
-        self.feature_stride = self.record.feature_stride
-        self.has_mask_queries = self.record.has_mask_queries
-        self.feature_channels = self.record.output_shapes["pixel_features"][1]
 
     def _load(self, plan_path: Path):
         """Deserialise and validate I/O against the export record; None on any mismatch (a cache miss)."""
@@ -98,12 +107,30 @@ class TensorRTSegmenter(nn.Module):
         if engine is None:
             return None
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        if names != {"pixel_values", *self.record.outputs}:
+        if names != {*self.record.inputs, *self.record.outputs}:
             return None
         for name in self.record.outputs:
-            if list(engine.get_tensor_shape(name)) != self.record.output_shapes[name]:
+            expected = self.record.output_shapes[name]
+            got = list(engine.get_tensor_shape(name))
+            if len(got) != len(expected) or any(e >= 0 and g != e for g, e in zip(got, expected)):
                 return None
         return engine
+
+    def _profile(self, builder, network):
+        """One optimisation profile over the dynamic input dimensions (batch ``1 … max_batch``), or None."""
+        profile, dynamic = builder.create_optimization_profile(), False
+        max_batch = int(self.record.extras.get("max_batch", 1))
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = list(tensor.shape)
+            if all(d >= 0 for d in shape):
+                continue
+            dynamic = True
+            low = [1 if d < 0 else d for d in shape]
+            opt = [min(8, max_batch) if d < 0 else d for d in shape]
+            high = [max_batch if d < 0 else d for d in shape]
+            profile.set_shape(tensor.name, low, opt, high)
+        return profile if dynamic else None
 
     def _build(self, plan_path: Path, precision: str, workspace_mb: int) -> None:
         import fcntl
@@ -123,7 +150,13 @@ class TensorRTSegmenter(nn.Module):
             config = builder.create_builder_config()
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
             if precision == "fp16":
+                if not hasattr(trt.BuilderFlag, "FP16"):
+                    raise ConfigError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed "
+                                      "networks only): use precision 'fp32'")
                 config.set_flag(trt.BuilderFlag.FP16)
+            profile = self._profile(builder, network)
+            if profile is not None:
+                config.add_optimization_profile(profile)
             plan = builder.build_serialized_network(network, config)
             if plan is None:
                 raise ConfigError(f"TensorRT failed to build an engine from {self.onnx_path} (see its log above)")
@@ -134,22 +167,25 @@ class TensorRTSegmenter(nn.Module):
                 "onnx": str(self.onnx_path), "onnx_sha256": self.record.sha256, "tensorrt": trt.__version__,
                 "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
                 "precision": precision, "workspace_mb": workspace_mb,
+                "max_batch": int(self.record.extras.get("max_batch", 1)) if profile is not None else None,
                 "date": dt.datetime.now().isoformat(timespec="seconds")}, indent=1) + "\n")
 
     @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
-        if tuple(pixel_values.shape) != (1, 3, *self.record.input_size):
-            raise ConfigError(f"engine expects (1, 3, {self.record.input_size[0]}, {self.record.input_size[1]}), "
-                              f"got {tuple(pixel_values.shape)}")
-        x = pixel_values.to("cuda", torch.float32).contiguous()
-        outputs = {name: torch.empty(self.record.output_shapes[name], device="cuda", dtype=torch.float32)
-                   for name in self.record.outputs}
-        self.context.set_input_shape("pixel_values", tuple(x.shape))
-        self.context.set_tensor_address("pixel_values", x.data_ptr())
-        for name, tensor in outputs.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        trt = self.trt
+        feeds = {}
+        for name in self.record.inputs:
+            x = inputs[name].to("cuda", _torch_dtype(trt, self.engine.get_tensor_dtype(name))).contiguous()
+            self.context.set_input_shape(name, tuple(x.shape))
+            self.context.set_tensor_address(name, x.data_ptr())
+            feeds[name] = x                                      # keep alive until the stream is done
+        outputs = {}
+        for name in self.record.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))   # resolved for the input shapes just set
+            outputs[name] = torch.empty(shape, device="cuda", dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)))
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise VLAnomalyError(f"TensorRT execution failed for {self.plan_path}")
         stream.synchronize()
-        return SegmenterOutput(feature_stride=self.feature_stride, **outputs)
+        return {name: value.float() for name, value in outputs.items()}

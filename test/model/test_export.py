@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vl_anomaly import create_model, create_predictor
-from vl_anomaly.backends import OnnxRuntimeSegmenter
+from vl_anomaly.backends import ExportedSegmenter, OnnxRuntimeRunner, load_exported
 from vl_anomaly.errors import ConfigError
 from vl_anomaly.export import ExportError, ExportRecord, export_onnx
 
@@ -47,7 +47,8 @@ def test_export_of_a_mask_query_model(tiny_mask2former, tmp_path):
     record = export_onnx(tiny_mask2former, tmp_path / "m2f.onnx", (128, 256), name="tiny_m2f")
     assert record.outputs == ["logits", "pixel_features", "class_queries_logits", "masks_queries_logits",
                               "query_embeddings"] and record.has_mask_queries
-    segmenter = OnnxRuntimeSegmenter(tmp_path / "m2f.onnx")
+    segmenter = load_exported(tmp_path / "m2f.onnx")
+    assert isinstance(segmenter, ExportedSegmenter)
     x = torch.randn(1, 3, 128, 256)
     with torch.no_grad():
         expected = tiny_mask2former(x)
@@ -60,12 +61,12 @@ def test_export_of_a_mask_query_model(tiny_mask2former, tmp_path):
 
 def test_export_errors_are_clear(tmp_path):
     with pytest.raises(ExportError, match="does not exist"):
-        OnnxRuntimeSegmenter(tmp_path / "missing.onnx")
+        load_exported(tmp_path / "missing.onnx")
     model = create_model("espnetv2_s2.0_cityscapes", weights=None)
     export_onnx(model, tmp_path / "m.onnx", (64, 128), name="espnetv2")
     (tmp_path / "m.onnx").write_bytes(b"not onnx")
     with pytest.raises(ExportError, match="cannot load"):
-        OnnxRuntimeSegmenter(tmp_path / "m.onnx")
+        OnnxRuntimeRunner(tmp_path / "m.onnx")
     (tmp_path / "n.onnx").write_bytes(b"")
     with pytest.raises(ExportError, match="sidecar"):
         ExportRecord.load(tmp_path / "n.onnx")
@@ -84,7 +85,7 @@ def test_export_command(tmp_path):
 
 
 def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_obstacle_image):
-    from vl_anomaly.backends import OnnxRuntimeClipImages
+    from vl_anomaly.backends import ExportedClipImages
     from vl_anomaly.export import export_clip_image_onnx
     from vl_anomaly.networks.clip_towers import FrozenCLIP
     from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings
@@ -93,7 +94,8 @@ def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_
     clip = FrozenCLIP.create(config=TINY_CLIP, pretrained=None)
     record = export_clip_image_onnx(clip, tmp_path / "clip.onnx")
     assert record.max_abs_diff["image_embeddings"] < 1e-4
-    encoder = OnnxRuntimeClipImages(tmp_path / "clip.onnx")
+    encoder = load_exported(tmp_path / "clip.onnx")
+    assert isinstance(encoder, ExportedClipImages)
     crops = torch.randn(7, 3, 64, 64)
     torch.testing.assert_close(encoder.encode_images(crops), clip.encode_images(crops), atol=1e-4, rtol=1e-4)
     image = road_obstacle_image[::4, ::4].copy()
@@ -104,3 +106,121 @@ def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_
     reference, _ = clip_crop_score(image, detector, clip, text, 0.5, min_area_frac=0.0)
     assert n == 2
     np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+@pytest.fixture
+def clip_file(tmp_path):
+    """A tiny CLIP's weights saved as a local open_clip checkpoint (fixed CLIP weights, as on a vehicle)."""
+    from vl_anomaly.networks.clip_towers import FrozenCLIP
+
+    torch.manual_seed(1)
+    path = tmp_path / "clip_tiny.pt"
+    torch.save(FrozenCLIP.create(config=TINY_CLIP, pretrained=None).model.state_dict(), path)
+    return path
+
+
+VL_SCORES = ["msp", "text_guided", "clip_crops", "vl_fused"]
+
+
+def _assert_same_maps(exported, reference, image, names=VL_SCORES, atol=1e-4):
+    ours, semantic, _ = exported.score_maps(image, names)
+    theirs, semantic_ref, _ = reference.score_maps(image, names)
+    for name in names:
+        assert float(np.abs(ours[name] - theirs[name]).max()) < atol, name
+    assert (semantic != semantic_ref).mean() < 1e-4
+    return theirs
+
+
+def test_vl_model_export_reproduces_every_vl_score_on_a_real_image(tiny_vl_model, road_obstacle_image, tmp_path):
+    """The per-frame VL graph (real ESPNetv2 + aligner, cached text as constants), the CLIP crop encoder and the
+    text tables reproduce the PyTorch model's sources and fusion; no text tower runs on the export."""
+    from vl_anomaly.backends import ExportedVLModel
+    from vl_anomaly.export import export_vl_onnx, vl_companion_paths
+    from vl_anomaly.factory import get_preprocess_cfg
+    from vl_anomaly.pipeline import AnomalyPredictor
+
+    torch.manual_seed(0)
+    model = create_model(tiny_vl_model, weights="untrained")
+    record = export_vl_onnx(model, tmp_path / "vl.onnx", SIZE, name=tiny_vl_model, weights="untrained")
+    assert record.kind == "vl_anomaly"
+    assert record.outputs == ["logits", "pixel_features", "void_logits", "s_pix"]
+    assert record.output_shapes["s_pix"] == [1, 19, SIZE[0] // 8, SIZE[1] // 8]
+    clip_path, text_path = vl_companion_paths(tmp_path / "vl.onnx")
+    assert ExportRecord.load(clip_path).extras["max_batch"] == 20 and text_path.is_file()
+    exported = create_predictor(tiny_vl_model, score="vl_fused", backend="onnxruntime",
+                                onnx_path=tmp_path / "vl.onnx", input_size=SIZE)
+    assert isinstance(exported.model, ExportedVLModel) and not hasattr(exported.model, "prompts")
+    reference = AnomalyPredictor(model, get_preprocess_cfg(tiny_vl_model, SIZE), score="vl_fused")
+    maps = _assert_same_maps(exported, reference, road_obstacle_image)
+    assert maps["clip_crops"].max() > 0                          # candidate regions were cropped and encoded
+    text_path.write_bytes(text_path.read_bytes()[:-8] + b"\0" * 8)    # a tampered companion is refused
+    with pytest.raises(ExportError, match="does not match the export record"):
+        load_exported(tmp_path / "vl.onnx")
+    clip_path.unlink()
+    with pytest.raises(ExportError, match="needs its CLIP image encoder"):
+        load_exported(tmp_path / "vl.onnx")
+
+
+def test_vl_export_with_mask_queries(tiny_mask2former, tmp_path):
+    """Mask2Former + both aligner layers: ``s_mask`` is exported and the text-guided score (with its mask term)
+    matches PyTorch."""
+    from vl_anomaly.backends import ExportedVLModel
+    from vl_anomaly.export import export_vl_onnx
+    from vl_anomaly.networks.clip_towers import FrozenCLIP
+    from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
+    from vl_anomaly.vl_scores import text_guided_score
+
+    torch.manual_seed(0)
+    clip = FrozenCLIP.create(config=TINY_CLIP, pretrained=None)
+    model = VLAnomalyModel(tiny_mask2former, clip, n_ctx=4, heads=4).eval()
+    record = export_vl_onnx(model, tmp_path / "vlm.onnx", (128, 256), name="tiny_vl_m2f")
+    assert record.outputs[-2:] == ["s_pix", "s_mask"] and record.output_shapes["s_mask"] == [1, 10, 20]
+    exported = load_exported(tmp_path / "vlm.onnx")
+    assert isinstance(exported, ExportedVLModel) and exported.has_mask_queries
+    x = torch.randn(1, 3, 128, 256)
+    with torch.no_grad():
+        expected = model(x)
+    got = exported(x)
+    torch.testing.assert_close(got.s_mask, expected.s_mask, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(text_guided_score(got, (128, 256)), text_guided_score(expected, (128, 256)),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_vl_exports_are_cached_only_for_fixed_weights(tiny_vl_model, clip_file, road_obstacle_image, tmp_path,
+                                                      monkeypatch):
+    """A head checkpoint + CLIP weights file are exported once into the cache and reused; random or untrained
+    parts are refused with the command that exports them."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(clip_file))
+    torch.manual_seed(3)
+    model = create_model(tiny_vl_model, weights="untrained")
+    head = tmp_path / "head.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(("clip.", "segmenter."))},
+              head)
+    exported = create_predictor(tiny_vl_model, weights=str(head), score="vl_fused", backend="onnxruntime",
+                                input_size=SIZE)
+    again = create_predictor(tiny_vl_model, weights=str(head), score="vl_fused", backend="onnxruntime",
+                             input_size=SIZE)
+    assert again.model.path == exported.model.path and again.model.record.sha256 == exported.model.record.sha256
+    reference = create_predictor(tiny_vl_model, weights=str(head), score="vl_fused", input_size=SIZE)
+    _assert_same_maps(exported, reference, road_obstacle_image[::2, ::2].copy())
+    with pytest.raises(ConfigError, match="vl-anomaly export --model"):
+        create_predictor(tiny_vl_model, weights="untrained", backend="onnxruntime")
+    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", "none")
+    with pytest.raises(ConfigError, match="CLIP has random weights"):
+        create_predictor(tiny_vl_model, weights=str(head), backend="onnxruntime")
+
+
+def test_export_command_for_a_vl_model(tiny_vl_model, tmp_path, capsys):
+    from vl_anomaly.cli import main
+
+    out = tmp_path / "vl.onnx"
+    assert main(["export", "--model", tiny_vl_model, "--weights", "untrained", "--input-size", "128", "256",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "vl.clip_image.onnx" in printed and "images (B, 3, 64, 64), 1 ≤ B ≤ 20" in printed
+    assert "s_pix (1, 19, 16, 32)" in printed and "vl.text.safetensors" in printed
+    assert main(["export", "--model", tiny_vl_model, "--format", "tensorrt", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "needs the TensorRT Python package" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()                   # refused before any export work

@@ -1,32 +1,60 @@
-"""``vl-anomaly export --model M --format onnx``: export a registered segmenter, checked against PyTorch."""
+"""``vl-anomaly export --model M --format onnx``: export a registered model, checked against PyTorch.
+
+Segmenters give one graph; VL-Anomaly models give their per-frame graph plus the CLIP image encoder (dynamic batch
+of crops) and the text tables. ``--format tensorrt`` exports ONNX and then builds (and caches) the TensorRT engine
+on this machine's GPU — it needs TensorRT and CUDA, which our development machines do not have.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..export import export_onnx
-from ..factory import create_model, get_preprocess_cfg
+from ..export import ExportRecord, vl_companion_paths
+from ..factory import export_model, get_preprocess_cfg
 from ..registry import list_models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, choices=list_models())
-    parser.add_argument("--weights", default="default", help="'default', 'none' or a weights file/directory")
-    parser.add_argument("--format", choices=["onnx"], default="onnx",
-                        help="onnx (TensorRT engines are built from it on the target GPU; docs/deployment.md)")
+    parser.add_argument("--weights", default="default",
+                        help="'default', 'none' (random) or a weights file/directory; VL models: a head "
+                             ".safetensors or 'untrained'")
+    parser.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
+                        help="onnx; tensorrt = onnx, then build the engine into the cache (needs TensorRT + GPU)")
+    parser.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size of the graph (default: the weights' training size)")
     parser.add_argument("-o", "--output", default=None, help="ONNX file (default outputs/export/<model>.<H>x<W>.onnx)")
 
 
+def _describe(path: Path, record: ExportRecord) -> None:
+    inputs = ", ".join(f"{n} (1, 3, {record.input_size[0]}, {record.input_size[1]})" for n in record.inputs)
+    if record.kind == "clip_image":
+        inputs = f"images (B, 3, {record.input_size[0]}, {record.input_size[1]}), 1 ≤ B ≤ {record.extras['max_batch']}"
+    print(f"wrote {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB, {record.kind}, opset {record.opset}); "
+          f"input {inputs}; outputs " + ", ".join(f"{n} {tuple(record.output_shapes[n])}" for n in record.outputs))
+    print("  check against PyTorch, max abs diff: "
+          + ", ".join(f"{n} {d:.2e}" for n, d in record.max_abs_diff.items()))
+
+
 def main(args: argparse.Namespace) -> int:
     size = get_preprocess_cfg(args.model, tuple(args.input_size) if args.input_size else None).input_size
     out = Path(args.output or f"outputs/export/{args.model}.{size[0]}x{size[1]}.onnx")
-    record = export_onnx(create_model(args.model, weights=args.weights), out, tuple(size), name=args.model,
-                         weights=args.weights)
-    print(f"wrote {out.resolve()} ({out.stat().st_size / 2**20:.1f} MiB, opset {record.opset}); input pixel_values "
-          f"(1, 3, {size[0]}, {size[1]}); outputs "
-          + ", ".join(f"{n} {tuple(record.output_shapes[n])}" for n in record.outputs))
-    print("check against PyTorch, max abs diff: " + ", ".join(f"{n} {d:.2e}" for n, d in record.max_abs_diff.items()))
+    if args.format == "tensorrt":
+        from ..tensorrt_backend import _import_tensorrt
+
+        _import_tensorrt()                                   # fail before minutes of export work
+    record = export_model(args.model, args.weights, out, tuple(size))
+    _describe(out, record)
+    if record.kind == "vl_anomaly":
+        clip_path, text_path = vl_companion_paths(out)
+        _describe(clip_path, ExportRecord.load(clip_path))
+        print(f"wrote {text_path.resolve()} (class_text, crop_text: {len(record.extras['class_names'])} classes)")
+    if args.format == "tensorrt":
+        from ..backends import load_exported
+
+        model = load_exported(out, "tensorrt", precision=args.precision)
+        runner = model.runner if hasattr(model, "runner") else None
+        print(f"TensorRT engine: {getattr(runner, 'plan_path', '?')}")
     return 0

@@ -47,6 +47,9 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
                         help="inference backend (onnxruntime: the checked ONNX export, cached on first use; "
                              "tensorrt: an engine built from it, needs TensorRT and a GPU)")
+    parser.add_argument("--onnx", default=None, metavar="FILE",
+                        help="ONNX export to run (vl-anomaly export; default: the cached export of model + weights)")
+    parser.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision")
 
 
 def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
@@ -55,7 +58,8 @@ def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
     return create_predictor(args.model, weights=args.weights, score=args.score, threshold=args.threshold,
                             device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
                             min_area_px=args.min_area, drivable_only=args.drivable_only,
-                            drivable_margin_px=args.drivable_margin, backend=args.backend)
+                            drivable_margin_px=args.drivable_margin, backend=args.backend,
+                            onnx_path=args.onnx, precision=args.precision)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

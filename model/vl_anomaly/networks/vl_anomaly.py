@@ -43,6 +43,10 @@ class VLAnomalyModel(nn.Module):
     """Args: segmenter (with ``feature_channels`` and ``has_mask_queries``), frozen CLIP, class names,
     prompt context length, attention heads, temperature, whether the segmenter is frozen."""
 
+    #: Marks the vision-language models (this one and its exported form, :class:`vl_anomaly.backends.ExportedVLModel`)
+    #: for :class:`~vl_anomaly.pipeline.AnomalyPredictor`.
+    is_vision_language = True
+
     def __init__(self, segmenter: nn.Module, clip: FrozenCLIP, class_names: tuple[str, ...] = CITYSCAPES_CLASSES,
                  n_ctx: int = 16, heads: int = 8, tau: float = 0.07, freeze_segmenter: bool = True) -> None:
         super().__init__()
@@ -62,6 +66,7 @@ class VLAnomalyModel(nn.Module):
         self.register_buffer("text_embeddings", torch.zeros(len(class_names), dim))
         self.register_buffer("text_cache_valid", torch.zeros((), dtype=torch.bool))
         self.has_mask_queries = getattr(segmenter, "has_mask_queries", False)
+        self._crop_text: torch.Tensor | None = None
 
     def set_segmenter_trainable(self, trainable: bool) -> None:
         """Unfreeze (or freeze) the segmenter; CLIP stays frozen either way."""
@@ -94,11 +99,23 @@ class VLAnomalyModel(nn.Module):
             self.refresh_text_cache()
         return self.text_embeddings
 
+    @torch.no_grad()
+    def crop_text_embeddings(self) -> torch.Tensor:
+        """``(K, D)`` handcrafted, template-ensembled class embeddings of the CLIP crop score (computed once)."""
+        if self._crop_text is None:
+            from ..vl_scores import handcrafted_text_embeddings
+
+            self._crop_text = handcrafted_text_embeddings(self.clip, self.prompts.class_names)
+        return self._crop_text.to(self.text_embeddings.device)
+
     def forward(self, pixel_values: torch.Tensor) -> VLOutput:
         """``pixel_values (B, 3, H, W)`` pre-processed → :class:`VLOutput`."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_segmenter):
             base = self.segmenter(pixel_values)
-        text = self.class_text()
+        return self.align(base, self.class_text())
+
+    def align(self, base: SegmenterOutput, text: torch.Tensor) -> VLOutput:
+        """PL-Aligner layers 1 (pixels) and 2 (mask queries) on a segmenter output with class text ``(K, D)``."""
         z, s_pix = self.pixel_aligner(base.pixel_features, text)
         s_mask = None
         if self.mask_aligner is not None and base.query_embeddings is not None:
