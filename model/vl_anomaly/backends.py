@@ -65,16 +65,53 @@ class OnnxRuntimeRunner:
         return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self.record.outputs, values)}
 
 
+#: Relative tolerance of :func:`check_parity` per TensorRT precision (of ``max|reference output|``).
+PARITY_RTOL = {"fp32": 1e-3, "fp16": 5e-2}
+
+
+def check_parity(runner: GraphRunner, reference: GraphRunner, rtol: float, atol: float = 1e-4,
+                 seed: int = 0) -> dict[str, float]:
+    """Run ``runner`` and ``reference`` on one random input of the export's shape (batch 2 for the CLIP encoder)
+    and raise :class:`ExportError` when an output differs by more than ``atol + rtol · max|reference|``.
+    Returns the max abs difference per output. Guards against engines that build but compute something else
+    (TensorRT has miscompiled GridSample, which Mask2Former's pixel decoder uses)."""
+    record = reference.record
+    name = record.inputs[0]
+    size = tuple(record.input_size)
+    shape = (2, 3, *size) if record.kind == "clip_image" else (1, 3, *size)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    got, expected = runner.run({name: x}), reference.run({name: x})
+    diffs, bad = {}, {}
+    for output in record.outputs:
+        a, b = got[output].float().cpu(), expected[output].float().cpu()
+        if a.shape != b.shape:
+            raise ExportError(f"{runner.path.name}: output {output} has shape {tuple(a.shape)}, reference "
+                              f"{tuple(b.shape)}")
+        diffs[output] = float((a - b).abs().max())
+        limit = atol + rtol * float(b.abs().max())
+        if not diffs[output] <= limit:
+            bad[output] = (diffs[output], limit)
+    if bad:
+        raise ExportError(f"{runner.path.name} on {type(runner).__name__} differs from {type(reference).__name__}: "
+                          + ", ".join(f"{o} max abs diff {d:.3g} > {lim:.3g}" for o, (d, lim) in bad.items())
+                          + ". Do not deploy this engine; try precision fp32 or another TensorRT version")
+    return diffs
+
+
 def make_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp16",
-                engine_path: str | Path | None = None) -> GraphRunner:
-    """The runner of ``backend`` (``onnxruntime`` or ``tensorrt``) for the ONNX export at ``path``."""
+                engine_path: str | Path | None = None, verify: bool = True) -> GraphRunner:
+    """The runner of ``backend`` (``onnxruntime`` or ``tensorrt``) for the ONNX export at ``path``. A TensorRT
+    engine is checked against ONNX Runtime on the CPU on load (``verify``; :func:`check_parity`)."""
     check_backend(backend)
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(path, threads)
     if backend == "tensorrt":
         from .tensorrt_backend import TensorRTRunner
 
-        return TensorRTRunner(path, precision=precision, engine_path=engine_path)
+        runner = TensorRTRunner(path, precision=precision, engine_path=engine_path)
+        if verify:
+            check_parity(runner, OnnxRuntimeRunner(path, threads, ["CPUExecutionProvider"]), PARITY_RTOL[precision])
+        return runner
     raise ConfigError("backend 'torch' runs the PyTorch module, not an exported graph")
 
 

@@ -178,7 +178,12 @@ def export_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], 
     with torch.no_grad():
         reference: SegmenterOutput = model(inputs[0])
     fields = tuple(f for f in OUTPUT_FIELDS if getattr(reference, f) is not None)
-    flat = _Flat(model, lambda m, x: tuple(getattr(m(x), f) for f in fields))
+
+    def flat_segmenter(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = m(x)                                                    # one forward for all outputs
+        return tuple(getattr(output, f) for f in fields)
+
+    flat = _Flat(model, flat_segmenter)
     diffs, shapes = _export_checked(flat, inputs, out, "pixel_values", list(fields),
                                     name or type(model).__name__, atol, rtol)
     return _record(out, model=name, weights=str(weights), input_size=tuple(input_size), outputs=list(fields),

@@ -144,7 +144,9 @@ class AnomalyPredictor:
         if detector in needed:
             out[detector] = det
         if "text_guided" in needed:
-            out["text_guided"] = text_guided_score(output, size)[0].float().cpu().numpy()
+            # at the network input resolution, then resized like every score (the mask term upsamples Q masks)
+            network_size = tuple(output.base.logits.shape[-2:])
+            out["text_guided"] = self._full_resolution(text_guided_score(output, network_size), size, "text_guided")
         if "clip_crops" in needed:
             out["clip_crops"], _ = clip_crop_score(rgb, det, model.clip, model.crop_text_embeddings(),
                                                    get_score(detector).default_threshold,

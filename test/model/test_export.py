@@ -224,3 +224,29 @@ def test_export_command_for_a_vl_model(tiny_vl_model, tmp_path, capsys):
     assert main(["export", "--model", tiny_vl_model, "--format", "tensorrt", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "needs the TensorRT Python package" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()                   # refused before any export work
+
+
+def test_engine_parity_check_catches_a_graph_that_computes_something_else(tmp_path):
+    """The check every TensorRT engine gets on load (against ONNX Runtime), exercised here with two ONNX Runtime
+    runners: the same graph passes, a graph with other weights behind the same interface is refused."""
+    from vl_anomaly.backends import PARITY_RTOL, check_parity
+
+    torch.manual_seed(0)
+    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "a.onnx", (64, 128))
+    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "b.onnx", (64, 128))
+    a, b = OnnxRuntimeRunner(tmp_path / "a.onnx", threads=1), OnnxRuntimeRunner(tmp_path / "a.onnx")
+    diffs = check_parity(a, b, PARITY_RTOL["fp32"])
+    assert set(diffs) == {"logits", "pixel_features", "void_logits"} and max(diffs.values()) < 1e-3
+    with pytest.raises(ExportError, match="differs from OnnxRuntimeRunner: logits max abs diff"):
+        check_parity(OnnxRuntimeRunner(tmp_path / "b.onnx"), b, PARITY_RTOL["fp16"])
+
+
+def test_the_graph_runs_the_network_once(tmp_path):
+    """One forward pass per frame in the graph: as many Conv nodes as the network has Conv2d layers (a wrapper
+    that called the model once per output would export it once per output)."""
+    import onnx
+
+    model = create_model("espnetv2_s2.0_cityscapes", weights=None)
+    export_onnx(model, tmp_path / "m.onnx", (64, 128))
+    convs = sum(node.op_type == "Conv" for node in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    assert convs == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
