@@ -97,10 +97,12 @@ def main() -> int:
         export = export_vl_onnx if is_vl else export_onnx
         record = export(model, path, cfg.input_size, name=name, check_inputs=1)
         export_s = time.perf_counter() - start
-        predictors = {}
+        predictors, load_s = {}, {}
         for backend in args.backends:
+            start = time.perf_counter()                                        # TensorRT: engine build + check
             network = model if backend == "torch" else load_exported(path, backend, args.threads, args.precision)
             predictors[backend] = AnomalyPredictor(network, cfg, score=score, device=args.device, name=name)
+            load_s[backend] = time.perf_counter() - start
         timers = {}
         if is_vl:
             for backend, predictor in predictors.items():
@@ -108,6 +110,8 @@ def main() -> int:
         samples = {b: {"network": [], "frame": []} for b in predictors}
         for predictor in predictors.values():
             predictor.predict(image)                                           # warm-up
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         for timer in timers.values():
             timer.seconds, timer.crops = 0.0, 0
         for _ in range(args.repeats):                                          # alternate backends frame by frame
@@ -117,7 +121,10 @@ def main() -> int:
                 samples[backend]["frame"].append(timings["total"])
         row = {"weights": WEIGHT_NOTES[weights], "score": score, "input": list(cfg.input_size),
                "export_s": export_s, "onnx_MiB": path.stat().st_size / 2**20, "max_abs_diff": record.max_abs_diff}
+        if args.device.startswith("cuda"):
+            row["cuda_peak_torch_MiB"] = torch.cuda.max_memory_allocated() / 2**20   # TensorRT's own memory excluded
         for backend in predictors:
+            row[f"{backend}_load_s"] = load_s[backend]
             row[f"{backend}_network_ms"] = statistics.median(samples[backend]["network"])
             row[f"{backend}_frame_ms"] = statistics.median(samples[backend]["frame"])
             if backend in timers:

@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--model", default="espnetv2_s2.0_cityscapes")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                        help="node parameter backend, also used by the core predictor")
+    parser.add_argument("--device", default="cpu", help="node parameter device (cuda on a vehicle; never run here)")
     parser.add_argument("--frames", type=int, default=10, help="RoadObstacle21 frames for the latency comparison")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the frames")
     parser.add_argument("--long-frames", type=int, default=600, help="frames of the memory run (0 = skip)")
@@ -119,7 +122,7 @@ def main() -> int:
     images = [read_image(p) for p in paths]
 
     params = {"model": args.model, "threads": args.threads, "diagnostics_period_s": 0.5, "input_qos": "default",
-              "input_qos_depth": 5}
+              "input_qos_depth": 5, "backend": args.backend, "device": args.device}
     if args.input_size:
         params.update(input_height=args.input_size[0], input_width=args.input_size[1])
     cmd = [sys.executable, "-m", "vl_anomaly_ros.anomaly_node", "--ros-args", "-r", f"__node:={NODE}",
@@ -130,7 +133,7 @@ def main() -> int:
     node = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     probe = Probe(args.overlay)
     predictor = create_predictor(args.model, input_size=tuple(args.input_size) if args.input_size else None,
-                                 drivable_only=True)
+                                 drivable_only=True, backend=args.backend, device=args.device)
     try:
         with probe.cond:
             assert probe.cond.wait_for(lambda: probe.diag.get("message", "").startswith("no input"), 180), \
@@ -153,7 +156,8 @@ def main() -> int:
         result = {
             "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
             "processor": platform.processor(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-            "model": args.model, "input_size": args.input_size or "weights' default", "image": "1920x1080 bgr8",
+            "model": args.model, "backend": args.backend, "device": args.device,
+            "input_size": args.input_size or "weights' default", "image": "1920x1080 bgr8",
             "overlay_subscribed": args.overlay, "frames": len(core),
             "core_ms_median": 1e3 * float(np.median(core)), "node_end_to_end_ms_median": 1e3 * float(np.median(e2e)),
             "node_internal_latency_ms_p50": float(diag["latency_ms.p50"]),

@@ -168,6 +168,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                           drivable_margin_px=drivable_margin_px)
     preprocess_cfg = get_preprocess_cfg(name, input_size)
     if backend == "torch":
+        if onnx_path is not None:
+            raise ConfigError(f"onnx_path ({onnx_path}) is run by backend 'onnxruntime' or 'tensorrt', not 'torch'")
         model = create_model(name, weights=weights, device=device)
     else:
         model = exported_model(name, weights, preprocess_cfg.input_size, onnx_path, backend, precision)
@@ -207,7 +209,18 @@ def exported_model(name: str, weights, input_size: tuple[int, int], onnx_path: s
 
         _import_tensorrt()                                   # clear error before any export work
     if onnx_path is not None:
-        return load_exported(onnx_path, backend, threads, precision)
+        model = load_exported(onnx_path, backend, threads, precision)
+        record = model.record
+        if record.kind == "clip_image":
+            raise ConfigError(f"{onnx_path} is a CLIP image encoder; pass the model's export (its .onnx next to it)")
+        if record.model and record.model != name:
+            raise ConfigError(f"{onnx_path} is an export of {record.model!r}, not of {name!r}: its pre-processing "
+                              "and scores would not match; pass the same model name")
+        if tuple(record.input_size) != tuple(input_size):
+            raise ConfigError(f"{onnx_path} was exported for input {record.input_size[0]}x{record.input_size[1]}, "
+                              f"the predictor runs at {input_size[0]}x{input_size[1]}: set the input size to the "
+                              "export's or export again with --input-size")
+        return model
     family = get_model_config(name)["family"]
     if weights is None or str(weights).lower() in ("none", "untrained") or (family == "vl_anomaly"
                                                                             and weights == "default"):

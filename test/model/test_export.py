@@ -250,3 +250,16 @@ def test_the_graph_runs_the_network_once(tmp_path):
     export_onnx(model, tmp_path / "m.onnx", (64, 128))
     convs = sum(node.op_type == "Conv" for node in onnx.load(str(tmp_path / "m.onnx")).graph.node)
     assert convs == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def test_an_export_must_fit_the_predictor(tmp_path):
+    """Model name and input size of an explicit export are checked when the predictor is built, not per frame."""
+    path = tmp_path / "e.onnx"
+    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), path, (64, 128), name="espnetv2_s2.0_cityscapes")
+    assert create_predictor("espnetv2_s2.0_cityscapes", backend="onnxruntime", onnx_path=path, input_size=(64, 128))
+    with pytest.raises(ConfigError, match="exported for input 64x128"):
+        create_predictor("espnetv2_s2.0_cityscapes", backend="onnxruntime", onnx_path=path)
+    with pytest.raises(ConfigError, match="not of 'espnet_p2_q8_cityscapes'"):
+        create_predictor("espnet_p2_q8_cityscapes", backend="onnxruntime", onnx_path=path, input_size=(64, 128))
+    with pytest.raises(ConfigError, match="not 'torch'"):
+        create_predictor("espnetv2_s2.0_cityscapes", onnx_path=path)

@@ -124,3 +124,22 @@ def test_replay_sqlite3_bag(input_bag, tmp_path):
     evaluated = replay_eval(sqlite_bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t4",
                             progress=False)
     assert evaluated["replay"]["frames_out"] == 2
+
+
+def test_replay_on_the_onnxruntime_backend(dataset, input_bag, tmp_path):
+    """The node's ``backend`` parameter in a replay: the same metrics as the offline evaluation on ONNX Runtime,
+    and within 0.1 AP point of PyTorch."""
+    params = {**NODE_PARAMS, "backend": "onnxruntime"}
+    result = replay(input_bag, tmp_path / "out", node_name="vl_anomaly_replay_t5", node_params=params,
+                    progress=False, record_overlay=False)
+    assert result.node_counters["processed"] == 10
+    replayed = replay_eval(input_bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t5",
+                           progress=False)
+    ap = {}
+    for backend in ("onnxruntime", "torch"):
+        predictor = create_predictor("espnetv2_s2.0_cityscapes", input_size=(256, 512), backend=backend)
+        offline = run_evaluation([dataset], ["msp"], tmp_path / backend, predictor, workers=1)
+        ap[backend] = offline["datasets"]["road_anomaly_21"]["scores"]["msp"]["pixel"]["AuPRC"]
+    ours = replayed["datasets"]["road_anomaly_21"]["scores"]["msp"]["pixel"]["AuPRC"]
+    assert ours == pytest.approx(ap["onnxruntime"], abs=1e-6)
+    assert abs(ours - ap["torch"]) < 0.1
