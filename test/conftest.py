@@ -78,18 +78,27 @@ TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64
 
 
 @pytest.fixture(scope="session")
-def tiny_vl_model(tmp_path_factory) -> str:
-    """Name of a registered vl_anomaly model: the real ESPNetv2 with a tiny CLIP built from its config (random
-    weights, the real tokenizer) and 4 prompt context vectors."""
+def tiny_vl_config_dir(tmp_path_factory) -> Path:
+    """A model-config folder holding ``vl_tiny_test.yaml``: the real ESPNetv2 with a tiny CLIP built from its
+    config (random weights, the real tokenizer) and 4 prompt context vectors. Other processes (the node) register
+    it through ``VL_ANOMALY_MODEL_CONFIGS``."""
     import yaml
 
-    from vl_anomaly import add_model_config, get_model_config
+    from vl_anomaly import get_model_config
 
     cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
     cfg.pop("name")
     cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
     cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
-    path = tmp_path_factory.mktemp("vl_cfg") / "vl_tiny_test.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    add_model_config(path)
+    folder = tmp_path_factory.mktemp("vl_cfg")
+    (folder / "vl_tiny_test.yaml").write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_model(tiny_vl_config_dir) -> str:
+    """Name of the registered tiny vl_anomaly model of :func:`tiny_vl_config_dir` (registered in this process)."""
+    from vl_anomaly import add_model_config
+
+    add_model_config(tiny_vl_config_dir / "vl_tiny_test.yaml")
     return "vl_tiny_test"

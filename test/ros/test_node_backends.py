@@ -7,37 +7,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import yaml
 
 from ros_harness import NODE_TEST_PARAMS, start_node
 from sensor_msgs.msg import Image
-from vl_anomaly import create_model, create_predictor, get_model_config, read_image
+from vl_anomaly import create_model, create_predictor, read_image
 from vl_anomaly.export import export_vl_onnx
 from vl_anomaly_ros.conversions import array_to_image_msg, image_msg_to_array
 
-TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 
-
-def test_vl_model_on_onnxruntime_in_the_node(probe, ros_log_dir, anomaly_val, tmp_path, monkeypatch):
-    from vl_anomaly import add_model_config
-
-    cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
-    cfg.pop("name")
-    cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
-    cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
-    config_dir = tmp_path / "configs"
-    config_dir.mkdir()
-    (config_dir / "vl_node_tiny.yaml").write_text(yaml.safe_dump(cfg))
-    add_model_config(config_dir / "vl_node_tiny.yaml")
-    monkeypatch.setenv("VL_ANOMALY_MODEL_CONFIGS", str(config_dir))            # the node process registers it too
+def test_vl_model_on_onnxruntime_in_the_node(probe, ros_log_dir, anomaly_val, tiny_vl_model, tiny_vl_config_dir,
+                                             tmp_path, monkeypatch):
+    monkeypatch.setenv("VL_ANOMALY_MODEL_CONFIGS", str(tiny_vl_config_dir))    # the node process registers it too
     torch.manual_seed(0)
-    onnx_path = tmp_path / "vl_node_tiny.onnx"
-    export_vl_onnx(create_model("vl_node_tiny", weights="untrained"), onnx_path, (256, 512), name="vl_node_tiny")
+    onnx_path = tmp_path / "vl_tiny.onnx"
+    export_vl_onnx(create_model(tiny_vl_model, weights="untrained"), onnx_path, (256, 512), name=tiny_vl_model)
 
     name = "vl_anomaly_onnx"
     probe.subscribe(Image, f"/{name}/anomaly_score", 10)
-    params = {**NODE_TEST_PARAMS, "model": "vl_node_tiny", "weights": "untrained", "score": "vl_fused",
+    params = {**NODE_TEST_PARAMS, "model": tiny_vl_model, "weights": "untrained", "score": "vl_fused",
               "backend": "onnxruntime", "onnx_path": str(onnx_path)}
     node = start_node(probe, name, params, ros_log_dir, remaps={"image": "/onnx/image"})
     try:
@@ -50,7 +37,7 @@ def test_vl_model_on_onnxruntime_in_the_node(probe, ros_log_dir, anomaly_val, tm
         published = image_msg_to_array(probe.messages(f"/{name}/anomaly_score")[0])
     finally:
         assert node.stop() == 0, node.log()
-    offline = create_predictor("vl_node_tiny", score="vl_fused", backend="onnxruntime", onnx_path=onnx_path,
+    offline = create_predictor(tiny_vl_model, score="vl_fused", backend="onnxruntime", onnx_path=onnx_path,
                                input_size=(256, 512)).score_image(rgb)[0]
     assert published.shape == rgb.shape[:2]
     np.testing.assert_allclose(published, offline, atol=1e-5)
