@@ -29,14 +29,15 @@ def test_onnxruntime_matches_pytorch_on_a_real_image(name, road_obstacle_image):
     assert again.model.path == onnx.model.path and again.model.record.sha256 == record.sha256
 
 
-def test_ap_on_a_shared_set_within_a_tenth_of_a_point(tmp_path):
+@pytest.mark.parametrize("name", ["espnetv2_s2.0_cityscapes", "espnet_p2_q8_cityscapes"])
+def test_ap_on_a_shared_set_within_a_tenth_of_a_point(name, tmp_path):
     from vl_anomaly.datasets import load_dataset
     from vl_anomaly.evaluation import run_evaluation
 
     dataset = load_dataset("road_anomaly_21")
     results = {}
     for backend in ("torch", "onnxruntime"):
-        predictor = create_predictor("espnetv2_s2.0_cityscapes", backend=backend, input_size=SIZE)
+        predictor = create_predictor(name, backend=backend, input_size=SIZE)
         results[backend] = run_evaluation([dataset], ["msp"], tmp_path / backend, predictor, workers=1)
     ap = {b: r["datasets"]["road_anomaly_21"]["scores"]["msp"]["pixel"]["AuPRC"] for b, r in results.items()}
     assert abs(ap["torch"] - ap["onnxruntime"]) < 0.1, ap
