@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +49,7 @@ from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import shared_dir  # noqa: E402
 from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
 from vl_anomaly_ros.conversions import array_to_image_msg  # noqa: E402
+from vl_anomaly_ros.replay import start_node_process  # noqa: E402
 
 NODE = "vl_anomaly_bench"
 
@@ -125,12 +125,8 @@ def main() -> int:
               "input_qos_depth": 5, "backend": args.backend, "device": args.device}
     if args.input_size:
         params.update(input_height=args.input_size[0], input_width=args.input_size[1])
-    cmd = [sys.executable, "-m", "vl_anomaly_ros.anomaly_node", "--ros-args", "-r", f"__node:={NODE}",
-           "--params-file", str(REPO / "config" / "vl_anomaly.yaml")]
-    for key, value in params.items():
-        cmd += ["-p", f"{key}:={value}"]
     log = open(Path(os.environ["ROS_LOG_DIR"]) / "node.log", "w")
-    node = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    node = start_node_process(NODE, params, {}, log, params_file=REPO / "config" / "vl_anomaly.yaml")
     probe = Probe(args.overlay)
     predictor = create_predictor(args.model, input_size=tuple(args.input_size) if args.input_size else None,
                                  drivable_only=True, backend=args.backend, device=args.device)
@@ -182,6 +178,7 @@ def main() -> int:
     finally:
         node.send_signal(signal.SIGINT)
         node.wait(30)
+        log.close()
         probe.executor.shutdown()
         rclpy.try_shutdown()
     print(json.dumps({k: v for k, v in result.items() if k != "rss_samples_mib"}, indent=1))
