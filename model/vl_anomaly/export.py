@@ -89,7 +89,11 @@ class ExportRecord:
 
 
 def _session(path: Path, threads: int | None = None, providers: list[str] | None = None):
-    """An ONNX Runtime session; ``providers`` default: TensorRT, CUDA, CPU — those installed, in that order."""
+    """An ONNX Runtime session; ``providers`` default: TensorRT, CUDA, CPU — those installed, in that order.
+
+    ONNX Runtime's TensorRT provider (never available on our machines, so never run here) keeps its engines in
+    ``$VL_ANOMALY_CACHE_DIR/ort_tensorrt`` (``trt_engine_cache_enable``), in fp32: this backend promises the
+    export's numbers; fp16 engines are the ``tensorrt`` backend's job."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -100,8 +104,17 @@ def _session(path: Path, threads: int | None = None, providers: list[str] | None
     if not available:
         raise ExportError(f"none of the ONNX Runtime providers {preferred} is available here "
                           f"(available: {ort.get_available_providers()})")
+    chosen: list = list(available)
+    if "TensorrtExecutionProvider" in chosen:
+        from .paths import cache_dir
+
+        engines = cache_dir() / "ort_tensorrt"
+        engines.mkdir(parents=True, exist_ok=True)
+        chosen[chosen.index("TensorrtExecutionProvider")] = (
+            "TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
+                                          "trt_fp16_enable": False})
     try:
-        return ort.InferenceSession(str(path), options, providers=available)
+        return ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as exc:                                                   # noqa: BLE001
         raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
 

@@ -264,3 +264,22 @@ def test_an_export_must_fit_the_predictor(tmp_path):
         create_predictor("espnet_p2_q8_cityscapes", backend="onnxruntime", onnx_path=path, input_size=(64, 128))
     with pytest.raises(ConfigError, match="not 'torch'"):
         create_predictor("espnetv2_s2.0_cityscapes", onnx_path=path)
+
+
+def test_onnxruntime_tensorrt_provider_caches_its_engines(tmp_path, monkeypatch):
+    """Where ONNX Runtime offers TensorRT (never here) the session asks for it first, with its engine cache on and
+    fp32 — checked on the session arguments, since the provider itself cannot run on our machines."""
+    import onnxruntime as ort
+
+    from vl_anomaly.export import _session
+
+    seen = {}
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, options, providers: seen.setdefault("p", providers))
+    monkeypatch.setenv("VL_ANOMALY_CACHE_DIR", str(tmp_path))
+    providers = _session(tmp_path / "m.onnx")
+    name, options = providers[0]
+    assert name == "TensorrtExecutionProvider" and providers[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path / "ort_tensorrt")
+    assert options["trt_fp16_enable"] is False and (tmp_path / "ort_tensorrt").is_dir()
