@@ -137,9 +137,7 @@ class ExportedSegmenter(nn.Module):
         return self.runner.run({"pixel_values": pixel_values})
 
     def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
-        out = self._run(pixel_values)
-        return SegmenterOutput(feature_stride=self.feature_stride,
-                               **{k: v for k, v in out.items() if k not in ("s_pix", "s_mask")})
+        return SegmenterOutput(feature_stride=self.feature_stride, **self._run(pixel_values))
 
 
 class ExportedClipImages:

@@ -224,9 +224,9 @@ def exported_model(name: str, weights, input_size: tuple[int, int], onnx_path: s
     family = get_model_config(name)["family"]
     if weights is None or str(weights).lower() in ("none", "untrained") or (family == "vl_anomaly"
                                                                             and weights == "default"):
-        raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (random or untrained weights "
-                          f"are not cached): run `vl-anomaly export --model {name} --weights ...` and pass its "
-                          "file as onnx_path")
+        raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (only registered or file "
+                          "weights are cached; VL models need a head checkpoint): run "
+                          f"`vl-anomaly export --model {name} --weights ...` and pass its file as onnx_path")
     path = cache_dir() / "onnx" / f"{name}.{_weights_tag(name, weights)}.{input_size[0]}x{input_size[1]}.onnx"
     fresh = False
     if path.is_file():

@@ -54,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "tensorrt":
         from ..backends import load_exported
 
-        model = load_exported(out, "tensorrt", precision=args.precision)
-        runner = model.runner if hasattr(model, "runner") else None
-        print(f"TensorRT engine: {getattr(runner, 'plan_path', '?')}")
+        model = load_exported(out, "tensorrt", precision=args.precision)          # built, cached and checked
+        print(f"TensorRT engine ({args.precision}): {model.runner.plan_path}")
+        if record.kind == "vl_anomaly":
+            print(f"TensorRT engine of the CLIP encoder ({args.precision}): {model.clip.runner.plan_path}")
     return 0
