@@ -31,7 +31,7 @@ import torch
 os.environ.setdefault("VL_ANOMALY_CLIP_WEIGHTS", "none")        # no CLIP weights can be had here (speed only)
 
 from vl_anomaly import create_model, read_image                 # noqa: E402
-from vl_anomaly.backends import load_exported                   # noqa: E402
+from vl_anomaly.backends import BACKENDS, load_exported         # noqa: E402
 from vl_anomaly.export import export_onnx, export_vl_onnx       # noqa: E402
 from vl_anomaly.factory import get_preprocess_cfg                # noqa: E402
 from vl_anomaly.io import write_json                             # noqa: E402
@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"],
-                        choices=["torch", "onnxruntime", "tensorrt"])
+                        choices=BACKENDS)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch backend and pipeline tensors)")
     parser.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT precision")
     parser.add_argument("-o", "--output", default=None)

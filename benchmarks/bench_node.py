@@ -45,6 +45,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from vl_anomaly import create_predictor, read_image  # noqa: E402
+from vl_anomaly.backends import BACKENDS  # noqa: E402
 from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import shared_dir  # noqa: E402
 from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
@@ -107,7 +108,7 @@ def main() -> int:
     parser.add_argument("--model", default="espnetv2_s2.0_cityscapes")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="node parameter backend, also used by the core predictor")
     parser.add_argument("--device", default="cpu", help="node parameter device (cuda on a vehicle; never run here)")
     parser.add_argument("--frames", type=int, default=10, help="RoadObstacle21 frames for the latency comparison")

@@ -68,6 +68,7 @@ def _node_params(args: argparse.Namespace) -> dict:
 
 
 def _add_node_arguments(p: argparse.ArgumentParser) -> None:
+    from vl_anomaly.backends import BACKENDS
     from vl_anomaly.factory import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="node parameter model")
@@ -76,7 +77,7 @@ def _add_node_arguments(p: argparse.ArgumentParser) -> None:
                    help="network input size (node parameters input_height, input_width)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the node")
     p.add_argument("--queue-policy", choices=["latest", "queue"], default=None)
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="node parameter backend")
     p.add_argument("--onnx", default=None, metavar="FILE", help="node parameter onnx_path (an ONNX export)")
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE", help="any other node parameter")

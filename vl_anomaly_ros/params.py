@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vl_anomaly.backends import BACKENDS
 from vl_anomaly.registry import list_models
 from vl_anomaly.scores import list_scores
 
@@ -60,7 +61,7 @@ PARAMS: dict[str, ParamSpec] = {
     "device": ParamSpec("cpu", "torch device: cpu, cuda, cuda:N", read_only=True, check=_device_check),
     "backend": ParamSpec("torch", "inference backend: torch, onnxruntime (the checked ONNX export of the model, "
                                   "cached on first use) or tensorrt (engine built from it; needs TensorRT and a GPU)",
-                         read_only=True, choices=("torch", "onnxruntime", "tensorrt")),
+                         read_only=True, choices=BACKENDS),
     "onnx_path": ParamSpec("", "ONNX export to run with backend onnxruntime/tensorrt (vl-anomaly export); "
                                "'' = the cached export of model + weights", read_only=True),
     "tensorrt_precision": ParamSpec("fp16", "TensorRT engine precision (backend tensorrt)", read_only=True,

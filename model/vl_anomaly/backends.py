@@ -54,8 +54,6 @@ class OnnxRuntimeRunner:
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ExportError(f"ONNX model {self.path} does not exist")
         self.record = ExportRecord.load(self.path)
         self.session = _session(self.path, threads, providers)
 
@@ -194,7 +192,6 @@ class ExportedVLModel(ExportedSegmenter):
         self.class_names = tuple(extras["class_names"])
         self.sources_cfg = dict(extras.get("sources") or {})
         self.fusion_cfg = FusionCfg.from_dict(extras["fusion"]) if extras.get("fusion") else None
-        self.has_mask_queries = "s_mask" in self.record.outputs
 
     def crop_text_embeddings(self) -> torch.Tensor:
         return self.crop_text
@@ -213,8 +210,6 @@ def load_exported(path: str | Path, backend: str = "onnxruntime", threads: int |
     """An export (any kind, read from its sidecar) run by ``backend``: :class:`ExportedSegmenter`,
     :class:`ExportedVLModel` (its CLIP graph found next to it) or :class:`ExportedClipImages`."""
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"ONNX model {path} does not exist")
     kind = ExportRecord.load(path).kind
     runner = make_runner(path, backend, threads, precision, engine_path)
     if kind == "clip_image":

@@ -74,6 +74,8 @@ class ExportRecord:
 
     @classmethod
     def load(cls, onnx_path: Path) -> "ExportRecord":
+        if not Path(onnx_path).is_file():
+            raise ExportError(f"ONNX model {onnx_path} does not exist")
         path = Path(f"{onnx_path}.json")
         if not path.is_file():
             raise ExportError(f"{onnx_path} has no sidecar {path.name}; export it with `vl-anomaly export`")

@@ -98,8 +98,6 @@ def _create_vl_model(name: str, cfg: dict, weights, device: str) -> nn.Module:
     aligner, cached text); ``"default"`` → error, no trained head is registered. CLIP weights come from
     ``$VL_ANOMALY_CLIP_WEIGHTS`` (a local open_clip checkpoint, or ``none``) or else the config (``openai``).
     """
-    import os
-
     from .constants import CLASS_LISTS
     from .networks.clip_towers import FrozenCLIP
     from .networks.vl_anomaly import VLAnomalyModel
@@ -110,9 +108,8 @@ def _create_vl_model(name: str, cfg: dict, weights, device: str) -> nn.Module:
                            "(.safetensors), or weights='untrained' to run an untrained head (scores meaningless)")
     random = weights is None
     segmenter = create_model(cfg["segmenter"], weights=None if random else "default", device=device)
-    clip_weights = os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", cfg["clip"].get("pretrained"))
-    if random or str(clip_weights).lower() == "none":
-        clip_weights = None
+    clip_weights = None if random else _clip_weights(cfg)
+    if clip_weights is None:
         _LOG.warning("%s: CLIP has random weights: text and CLIP scores are meaningless", name)
     clip = FrozenCLIP.create(cfg["clip"]["name"], pretrained=clip_weights, config=cfg["clip"].get("config"))
     model = VLAnomalyModel(segmenter, clip, CLASS_LISTS[cfg["classes"]], **cfg["arch"])
@@ -133,6 +130,15 @@ def _create_vl_model(name: str, cfg: dict, weights, device: str) -> nn.Module:
     else:
         _LOG.warning("%s: the vision-language head is untrained: text and CLIP scores are meaningless", name)
     return model.to(device).eval()
+
+
+def _clip_weights(cfg: dict) -> str | None:
+    """The CLIP weights of a VL model config: ``$VL_ANOMALY_CLIP_WEIGHTS`` (a local open_clip checkpoint, or
+    ``none``), else the config's ``pretrained`` tag; None means random weights."""
+    import os
+
+    value = os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", cfg["clip"].get("pretrained"))
+    return None if value is None or str(value).lower() == "none" else str(value)
 
 
 def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> PreprocessCfg:
@@ -181,10 +187,8 @@ def _weights_tag(name: str, weights) -> str:
     segmenter, CLIP and head. Raises :class:`ConfigError` for random weights (never cached)."""
     cfg = get_model_config(name)
     if cfg["family"] == "vl_anomaly":
-        import os
-
-        clip = str(os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", cfg["clip"].get("pretrained")))
-        if clip.lower() == "none":
+        clip = _clip_weights(cfg)
+        if clip is None:
             raise ConfigError(f"{name}: CLIP has random weights (VL_ANOMALY_CLIP_WEIGHTS / config); such exports "
                               f"are not cached: run `vl-anomaly export --model {name}` and pass its file as onnx_path")
         clip_tag = sha256_file(Path(clip))[:8] if Path(clip).is_file() else clip
@@ -209,8 +213,7 @@ def exported_model(name: str, weights, input_size: tuple[int, int], onnx_path: s
 
         _import_tensorrt()                                   # clear error before any export work
     if onnx_path is not None:
-        model = load_exported(onnx_path, backend, threads, precision)
-        record = model.record
+        record = ExportRecord.load(Path(onnx_path))          # checked before a runner (or engine) is built
         if record.kind == "clip_image":
             raise ConfigError(f"{onnx_path} is a CLIP image encoder; pass the model's export (its .onnx next to it)")
         if record.model and record.model != name:
@@ -220,7 +223,7 @@ def exported_model(name: str, weights, input_size: tuple[int, int], onnx_path: s
             raise ConfigError(f"{onnx_path} was exported for input {record.input_size[0]}x{record.input_size[1]}, "
                               f"the predictor runs at {input_size[0]}x{input_size[1]}: set the input size to the "
                               "export's or export again with --input-size")
-        return model
+        return load_exported(onnx_path, backend, threads, precision)
     family = get_model_config(name)["family"]
     if weights is None or str(weights).lower() in ("none", "untrained") or (family == "vl_anomaly"
                                                                             and weights == "default"):

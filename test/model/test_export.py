@@ -264,6 +264,11 @@ def test_an_export_must_fit_the_predictor(tmp_path):
         create_predictor("espnet_p2_q8_cityscapes", backend="onnxruntime", onnx_path=path, input_size=(64, 128))
     with pytest.raises(ConfigError, match="not 'torch'"):
         create_predictor("espnetv2_s2.0_cityscapes", onnx_path=path)
+    junk = tmp_path / "junk.onnx"                       # the fit is checked on the record, before any session/engine
+    junk.write_bytes(b"not onnx")
+    (tmp_path / "junk.onnx.json").write_text((tmp_path / "e.onnx.json").read_text())
+    with pytest.raises(ConfigError, match="exported for input 64x128"):
+        create_predictor("espnetv2_s2.0_cityscapes", backend="onnxruntime", onnx_path=junk)
 
 
 def test_onnxruntime_tensorrt_provider_caches_its_engines(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
+from ..backends import BACKENDS
 from ..errors import InvalidImageError, VLAnomalyError
 from ..factory import DEFAULT_MODEL, create_predictor
 from ..io import (encode_score_png, is_video, list_inputs, read_image, score_png_range, write_json, write_png)
@@ -44,7 +45,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep anomalies inside the predicted drivable region (road/sidewalk + margin)")
     parser.add_argument("--drivable-margin", type=int, default=20, help="drivable-region dilation, pixels")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="inference backend (onnxruntime: the checked ONNX export, cached on first use; "
                              "tensorrt: an engine built from it, needs TensorRT and a GPU)")
     parser.add_argument("--onnx", default=None, metavar="FILE",
