@@ -24,7 +24,7 @@ setup(
     description="ROS 2 road-anomaly segmentation node (thin layer over the vl_anomaly core)",
     license="Apache-2.0",
     entry_points={"console_scripts": [
-        "anomaly_node = vl_anomaly_ros.anomaly_node:main",
+        "anomaly_node = vl_anomaly_ros.node_main:main",
         "vl_anomaly_launch = vl_anomaly_ros.launch_runner:main",
     ], "vl_anomaly.commands": [
         "make-bag = vl_anomaly_ros.cli:register_make_bag",

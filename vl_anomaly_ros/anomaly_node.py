@@ -11,9 +11,16 @@ A lifecycle node (``rclpy.lifecycle.LifecycleNode``), because loading weights is
 * With ``autostart`` (default) the node configures and activates itself, so ``ros2 run`` / ``ros2 launch``
   need no lifecycle manager; ``autostart:=false`` waits for ``ros2 lifecycle set``.
 
-Threads: the executor thread only validates headers and hands frames to a :class:`FrameQueue`; one inference
-thread converts, runs :meth:`vl_anomaly.AnomalyPredictor.predict` (the same call as ``vl-anomaly predict``) and
-publishes. Frame accounting is in :class:`FrameStats`; nothing is lost without a count.
+Threads: the executor thread only validates headers and hands frames to a :class:`FrameQueue`; one model
+thread (:class:`ModelWorker`) converts, runs :meth:`vl_anomaly.AnomalyPredictor.predict` (the same call as
+``vl-anomaly predict``) and publishes. Frame accounting is in :class:`FrameStats`; nothing is lost without a count.
+
+Stopping (SIGINT, SIGTERM): :func:`main` owns the signals (rclpy's handlers are not installed: they shut the ROS
+context down from a thread of their own while the model thread may still be publishing a frame and the executor
+thread a diagnostics message, and raise ``KeyboardInterrupt`` wherever the main thread happens to be). A signal
+only sets a flag; the main loop then stops taking frames, waits at most ``shutdown_timeout_s`` for the frame in
+work, ends the model thread, destroys the node and only then shuts the context down, logging each wait. Further
+signals during that are logged and ignored. Exit code 0.
 
 Topics (relative names, remap them): subscribes ``image`` (sensor_msgs/Image), ``image/compressed``
 (optional), ``camera_info``; publishes ``~/anomaly_score`` (32FC1), ``~/obstacle_mask`` (mono8 0/255),
@@ -23,7 +30,6 @@ Topics (relative names, remap them): subscribes ``image`` (sensor_msgs/Image), `
 from __future__ import annotations
 
 import math
-import queue
 import sys
 import threading
 import time
@@ -36,6 +42,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
                        qos_profile_system_default)
@@ -53,6 +60,8 @@ from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, co
 from .environment import ensure_venv_ament_prefix, use_shipped_fastdds_profile
 from .frame_queue import FrameQueue
 from .ground import PinholeCamera, obstacle_ground_points
+from .model_worker import ModelWorker
+from .shutdown import ShutdownSignals
 from .stats import FrameStats
 
 NODE_NAME = "vl_anomaly"
@@ -70,7 +79,8 @@ class _Frame:
 class AnomalyNode(LifecycleNode):
     """Road-anomaly segmentation node (see the module docstring for topics, threads and lifecycle)."""
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
+    def __init__(self, node_name: str = NODE_NAME, shutdown_requested: threading.Event | None = None,
+                 **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         for name, spec in P.PARAMS.items():
             self.declare_parameter(name, spec.default, P.descriptor(name))
@@ -83,11 +93,9 @@ class AnomalyNode(LifecycleNode):
         self._camera: PinholeCamera | None = None
         self._inputs: list = []
         self._outputs: dict[str, object] = {}
-        self._jobs: queue.Queue = queue.Queue()
-        self._running = threading.Event()          # set while active: the model thread takes frames
-        self._alive = True
-        self._worker = threading.Thread(target=self._model_thread, name="vl_anomaly_model", daemon=True)
-        self._worker.start()
+        # Set by main()'s signal handler; ends the wait for a model that is still loading.
+        self.shutdown_requested = shutdown_requested or threading.Event()
+        self.worker = ModelWorker(self.queue, self._handle_frame)
         self._active = False
         self._rejection_log_time = 0.0
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -134,7 +142,7 @@ class AnomalyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def _load_predictor(self):
-        """Runs on the model thread: threads setting, weights, warm-up (see :meth:`_model_thread`)."""
+        """Runs on the model thread (:class:`ModelWorker`): threads setting, weights, warm-up."""
         import torch
 
         if self.param("threads") > 0:
@@ -155,7 +163,8 @@ class AnomalyNode(LifecycleNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         start = time.perf_counter()
         try:
-            self.predictor = self._run_on_model_thread(self._load_predictor)
+            self.predictor = self.worker.call(self._load_predictor, "loading the model",
+                                              cancel=self.shutdown_requested.is_set)
             self._apply_postprocess_params()
         except Exception as exc:                                                 # noqa: BLE001 — reported, not raised
             self.error = f"configure failed: {exc}"
@@ -190,7 +199,7 @@ class AnomalyNode(LifecycleNode):
             self._inputs.append(
                 self.create_subscription(CompressedImage, "image/compressed", lambda m: self._on_image(m, True), qos))
         self.queue.reopen()
-        self._running.set()
+        self.worker.enable_frames()
         self._active = True
         self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}, depth "
                                f"{self.param('input_qos_depth')}, queue policy {self.param('queue_policy')})")
@@ -215,17 +224,33 @@ class AnomalyNode(LifecycleNode):
         self._stop_frames()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_frames(self) -> None:
-        """Stop taking frames; waiting ones are counted as dropped (``shutdown``). Waits for the frame in work."""
-        self._running.clear()
+    def _stop_frames(self, timeout: float | None = None) -> None:
+        """Stop taking frames; waiting ones are counted as dropped (``shutdown``). Waits at most ``timeout``
+        (default ``shutdown_timeout_s``) for the frame in work (still published or counted when it finishes)."""
         self.queue.close()
-        if self._worker.is_alive():
-            self._run_on_model_thread(lambda: None)      # returns once the model thread finished its frame
+        timeout = self.param("shutdown_timeout_s") if timeout is None else timeout
+        if not self.worker.disable_frames(timeout):
+            self.get_logger().warning(f"the frame in work did not finish within {timeout:.1f} s "
+                                      f"(model thread: {self.worker.doing}); going on without it")
 
-    def stop_model_thread(self) -> None:
-        self._stop_frames()
-        self._alive = False
-        self._worker.join(timeout=30.0)
+    def stop_model_thread(self) -> bool:
+        """Stop frames and end the model thread, each wait bounded by ``shutdown_timeout_s`` and logged.
+        True if the thread ended in time."""
+        start = time.monotonic()
+        timeout = self.param("shutdown_timeout_s")
+        self._stop_frames(timeout)
+        doing = self.worker.doing
+        ended = self.worker.stop(max(0.1, start + timeout - time.monotonic()))
+        waited = time.monotonic() - start
+        if ended:
+            self.get_logger().info(f"model thread stopped in {waited:.2f} s")
+        else:
+            self.get_logger().error(f"model thread still busy ({doing}) after {waited:.1f} s; exiting without it")
+        snap = self.stats.snapshot()
+        self.get_logger().info(
+            f"frames: received {snap['received']}, processed {snap['processed']}, dropped {snap['dropped_total']} "
+            f"{snap['dropped']}, rejected {snap['rejected_total']} {snap['rejected']}, in flight {snap['in_flight']}")
+        return ended
 
     def _input_qos(self) -> QoSProfile:
         depth = self.param("input_qos_depth")
@@ -259,56 +284,21 @@ class AnomalyNode(LifecycleNode):
             self._rejection_log_time = now
             self.get_logger().warning(f"rejected frame ({reason}): {message}")
 
-    # ------------------------------------------------------------------ inference thread
-    def _run_on_model_thread(self, fn, timeout: float = 600.0):
-        """Run ``fn`` on the model thread and return its result (or raise its exception)."""
-        if threading.current_thread() is self._worker:
-            return fn()
-        if not self._worker.is_alive():
-            raise RuntimeError("the model thread has stopped (node shutting down)")
-        done = threading.Event()
-        box: dict = {}
-        self._jobs.put((fn, done, box))
-        if not done.wait(timeout):
-            raise TimeoutError(f"the model thread did not finish a job in {timeout} s")
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")
-
-    def _model_thread(self) -> None:
-        """The one thread that runs torch: loading, warm-up and every frame.
-
-        Keeping all torch work on one thread matters on CPUs: libgomp gives every calling thread its own OpenMP
-        team, and once more teams exist than cores it throttles spinning; a network running on a second thread
-        was measured 1.6–1.8× slower (ESPNetv2, 2 cores; docs/benchmarks.md).
-        """
-        while self._alive:
-            try:
-                fn, done, box = self._jobs.get_nowait()
-            except queue.Empty:
-                pass
-            else:
-                try:
-                    box["result"] = fn()
-                except Exception as exc:                                   # noqa: BLE001 — handed to the caller
-                    box["error"] = exc
-                done.set()
-                continue
-            if not self._running.is_set():
-                time.sleep(0.02)
-                continue
-            frame = self.queue.get(timeout=0.02)
-            if frame is None:
-                continue
-            try:
-                self._process(frame)
-            except RejectedFrame as exc:
-                self._reject(exc.reason, str(exc))
-            except VLAnomalyError as exc:
-                self._reject("inference_error", str(exc))
-            except Exception as exc:                                       # noqa: BLE001 — the node must not die
-                self._reject("internal_error", f"{type(exc).__name__}: {exc}")
-                self.get_logger().error(traceback.format_exc())
+    # ------------------------------------------------------------------ model thread
+    def _handle_frame(self, frame: _Frame) -> None:
+        """One frame on the model thread: processed, or rejected with a reason. Never raises."""
+        try:
+            self._process(frame)
+        except RejectedFrame as exc:
+            self._reject(exc.reason, str(exc))
+        except VLAnomalyError as exc:
+            self._reject("inference_error", str(exc))
+        except Exception as exc:                                           # noqa: BLE001 — the node must not die
+            if not self.context.ok():                                      # shut down under us: not the frame's fault
+                self.stats.on_dropped("shutdown")
+                return
+            self._reject("internal_error", f"{type(exc).__name__}: {exc}")
+            self.get_logger().error(traceback.format_exc())
 
     def _process(self, frame: _Frame) -> None:
         msg = frame.msg
@@ -373,7 +363,8 @@ class AnomalyNode(LifecycleNode):
         values = {"received": snap["received"], "processed": snap["processed"],
                   "dropped": snap["dropped_total"], "rejected": snap["rejected_total"], "in_flight": snap["in_flight"],
                   "rate_hz": round(snap["rate_hz"], 3), "queue_policy": self.param("queue_policy"),
-                  "model": self.param("model"), "score": self.param("score")}
+                  "model": self.param("model"), "score": self.param("score"),
+                  "last_rejection": snap["last_rejection"][:200]}
         for reason, count in sorted(snap["dropped"].items()):
             values[f"dropped.{reason}"] = count
         for reason, count in sorted(snap["rejected"].items()):
@@ -389,33 +380,46 @@ class AnomalyNode(LifecycleNode):
         self._diagnostics_pub.publish(array)
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console script ``anomaly_node``: ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``.
+def _autostart(node: AnomalyNode) -> int:
+    """Configure and activate (``autostart``). 0 on success or when a shutdown was requested meanwhile."""
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        if node.shutdown_requested.is_set():
+            return 0
+        node.get_logger().fatal(f"{node.error}; exiting")
+        return 1
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().fatal("activation failed; exiting")
+        return 1
+    return 0
+
+
+def main(args: list[str] | None = None, signals: ShutdownSignals | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (console script ``anomaly_node``, through :mod:`.node_main`, which
+    takes the signals before the heavy imports): ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``.
 
     Uses the shipped Fast DDS shared-memory profile unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set
-    (without it, large best-effort images are silently dropped; docs/ros.md).
+    (without it, large best-effort images are silently dropped; docs/ros.md). SIGINT and SIGTERM stop the node
+    cleanly in every state (module docstring) with exit code 0; 1 means configure or activate failed.
     """
     ensure_venv_ament_prefix()
     use_shipped_fastdds_profile()
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = AnomalyNode()
+    signals = signals or ShutdownSignals()
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = AnomalyNode(shutdown_requested=signals.requested)
+    signals.logger = node.get_logger()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
     try:
         if node.param("autostart"):
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal(f"{node.error}; exiting")
-                code = 1
-            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("activation failed; exiting")
-                code = 1
-        if code == 0:
-            executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+            code = _autostart(node)
+        while code == 0 and not node.shutdown_requested.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:        # the context was shut down by someone else (e.g. a host process)
         pass
     finally:
         node.stop_model_thread()
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return code

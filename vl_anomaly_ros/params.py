@@ -103,6 +103,9 @@ PARAMS: dict[str, ParamSpec] = {
                                  min=0.1, max=3600.0),
     "autostart": ParamSpec(True, "configure and activate on start (false: wait for lifecycle transitions)",
                            read_only=True),
+    "shutdown_timeout_s": ParamSpec(10.0, "longest wait for the frame in work (deactivate, shutdown) and for the "
+                                          "model thread to end on SIGINT/SIGTERM, seconds; past it the node logs "
+                                          "what it waited for and goes on", min=0.1, max=600.0),
 }
 
 

@@ -165,7 +165,7 @@ def start_node_process(node_name: str, params: dict, remaps: dict, log: IO[str],
     from .environment import use_shipped_fastdds_profile
 
     use_shipped_fastdds_profile()
-    cmd = [sys.executable, "-m", "vl_anomaly_ros.anomaly_node", "--ros-args", "-r", f"__node:={node_name}"]
+    cmd = [sys.executable, "-m", "vl_anomaly_ros.node_main", "--ros-args", "-r", f"__node:={node_name}"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     for key, value in params.items():

@@ -113,33 +113,54 @@ class RosProbe:
 
 
 class NodeProcess:
-    """The node under test, started like ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``."""
+    """The node under test, started like ``anomaly_node --ros-args --params-file config/vl_anomaly.yaml``.
+
+    Its stdout/stderr go to a file that stays readable at any time (also after :meth:`stop`); every process
+    started during a test is listed in :data:`STARTED`, so a failing test shows the logs of its nodes
+    (conftest.py) and none is left running.
+    """
 
     def __init__(self, name: str, params: dict | None = None, log_dir: Path | None = None,
                  remaps: dict | None = None) -> None:
         self.name = name
         self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{name}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = start_node_process(name, params or {}, remaps or {}, self._log,
-                                       params_file=REPO_ROOT / "config" / "vl_anomaly.yaml")
+        with open(self.log_path, "w") as log:                  # the child keeps its own descriptor
+            self.proc = start_node_process(name, params or {}, remaps or {}, log,
+                                           params_file=REPO_ROOT / "config" / "vl_anomaly.yaml")
+        self.stop_report = ""
+        self.started_at, self.stopped_at = time.time(), None          # wall clock, as pytest's CallInfo
+        STARTED.append(self)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        """The node's output so far (readable before and after :meth:`stop`), with how the stop went."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log file)"
+        return text + (f"\n[harness] {self.stop_report}" if self.stop_report else "")
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGINT) -> int:
+        """Send ``sig`` (once) and wait at most ``timeout`` s for the exit; kill after that. The exit code
+        (negative: killed by that signal) is returned; how long the exit took is in :meth:`log`."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            start = time.monotonic()
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
+                self.stop_report = (f"{signal.Signals(sig).name} → exit {self.proc.returncode} after "
+                                    f"{time.monotonic() - start:.2f} s")
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+                self.stop_report = f"{signal.Signals(sig).name} → still running after {timeout} s; killed"
+        elif not self.stop_report:
+            self.stop_report = f"had already exited with {self.proc.returncode}"
+        self.stopped_at = self.stopped_at or time.time()
         return self.proc.returncode
+
+
+#: Node processes started by the harness, for failure reports and clean-up (conftest.py).
+STARTED: list[NodeProcess] = []
 
 
 def start_node(probe: RosProbe, name: str, params: dict, log_dir: Path, timeout: float = 90.0,
