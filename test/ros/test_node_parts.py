@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -16,6 +17,7 @@ from vl_anomaly.postprocess import Obstacle
 from vl_anomaly_ros import params as P
 from vl_anomaly_ros.frame_queue import FrameQueue
 from vl_anomaly_ros.ground import PinholeCamera, ground_point, obstacle_ground_points
+from vl_anomaly_ros.model_worker import ModelWorker, WorkerStopped, WorkerTimeout
 from vl_anomaly_ros.stats import FrameStats
 
 
@@ -58,6 +60,47 @@ def test_get_blocks_until_a_frame_arrives():
     queue, _ = _queue("latest")
     threading.Timer(0.05, queue.put, args=("frame",)).start()
     assert queue.get(timeout=5.0) == "frame"
+
+
+def test_model_worker_runs_jobs_and_frames_on_one_thread():
+    queue, _ = _queue("queue", 10)
+    seen = []
+    worker = ModelWorker(queue, lambda frame: seen.append((frame, threading.current_thread().name)))
+    assert worker.call(lambda: threading.current_thread().name, "naming") == "vl_anomaly_model"
+    with pytest.raises(ZeroDivisionError):                      # a job's exception reaches the caller
+        worker.call(lambda: 1 / 0, "dividing")
+    queue.put("a")
+    worker.enable_frames()
+    queue.put("b")
+    deadline = time.monotonic() + 5.0
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.disable_frames(5.0)
+    queue.put("c")                                              # frames off: it stays in the queue
+    time.sleep(0.1)
+    assert len(queue) == 1
+    assert seen == [("a", "vl_anomaly_model"), ("b", "vl_anomaly_model")]
+    assert worker.stop(5.0) and not worker.alive()
+    with pytest.raises(WorkerStopped):
+        worker.call(lambda: None, "anything")
+
+
+def test_model_worker_waits_are_bounded_and_say_what_it_was_doing():
+    queue, _ = _queue("latest")
+    release = threading.Event()
+    worker = ModelWorker(queue, lambda frame: None)
+    with pytest.raises(WorkerTimeout, match=r"within 0.3 s \(it is loading the model\)"):
+        worker.call(lambda: release.wait(10.0), "loading the model", timeout=0.3)
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(WorkerTimeout, match="shutdown requested"):
+        worker.call(lambda: None, "a job behind the load", cancel=cancel.is_set)
+    assert time.monotonic() - start < 2.0
+    assert not worker.disable_frames(0.2)                       # the load is still running
+    assert not worker.stop(0.2)
+    release.set()
+    assert worker.stop(5.0)
 
 
 def test_stats_invariant_and_percentiles():
