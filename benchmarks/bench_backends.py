@@ -32,6 +32,7 @@ os.environ.setdefault("VL_ANOMALY_CLIP_WEIGHTS", "none")        # no CLIP weight
 
 from vl_anomaly import create_model, read_image                 # noqa: E402
 from vl_anomaly.backends import BACKENDS, load_exported         # noqa: E402
+from vl_anomaly.cpu import cpu_model, set_threads               # noqa: E402
 from vl_anomaly.export import export_onnx, export_vl_onnx       # noqa: E402
 from vl_anomaly.factory import get_preprocess_cfg                # noqa: E402
 from vl_anomaly.io import write_json                             # noqa: E402
@@ -75,12 +76,12 @@ def main() -> int:
     parser.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT precision")
     parser.add_argument("-o", "--output", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     image = read_image(shared_dir() / "data" / "anomaly_val" / "RoadObstacle21" / "images" / "0.webp")
     rows = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(), "cpus": os.cpu_count(),
             "threads": args.threads, "device": args.device,
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "frame": "RoadObstacle21 val 0.webp (1920x1080)", "models": {}}

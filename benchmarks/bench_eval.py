@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from vl_anomaly import create_predictor
+from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     predictor = create_predictor(args.model)
     datasets = [load_dataset(name) for name in SETS]
     frames = sum(len(d) for d in datasets)
@@ -44,7 +45,8 @@ def main() -> None:
                   f"({100 * t['inference'] / t['total']:.0f} %), metrics {t['metrics']:.1f} s "
                   f"({100 * t['metrics'] / t['total']:.0f} %), loading wait {t['loading']:.1f} s, "
                   f"writing {t['writing']:.1f} s", flush=True)
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+    print(f"CPU {cpu_model()}, {torch.get_num_threads()} threads; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
           f"{args.threads} torch threads, {args.workers} loading workers")
 
 

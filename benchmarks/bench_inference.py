@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vl_anomaly import create_predictor, read_image
+from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.paths import anomaly_val_dir
 from vl_anomaly.preprocess import preprocess
 
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("-o", "--output", default="benchmarks/results/inference.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     image = read_image(anomaly_val_dir() / "RoadObstacle21" / "images" / "0.webp")
     rows = []
     for name, weights, sizes in CASES:
@@ -65,7 +66,7 @@ def main() -> None:
                          "pipeline_ms_median": round(statistics.median(full), 1)})
             print(rows[-1], flush=True)
     result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(), "cpu_model": cpu_model(),
         "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "torch_threads": args.threads},
         "image": "RoadObstacle21/images/0.webp (1920x1080)", "repeats": args.repeats, "rows": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,6 @@ os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="bench_node_log_"))
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
-import torch  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
@@ -46,6 +45,7 @@ from tqdm import tqdm  # noqa: E402
 sys.path.insert(0, str(REPO))
 from vl_anomaly import create_predictor, read_image  # noqa: E402
 from vl_anomaly.backends import BACKENDS  # noqa: E402
+from vl_anomaly.cpu import cpu_model, set_threads  # noqa: E402
 from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import shared_dir  # noqa: E402
 from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--overlay", action="store_true", help="also subscribe ~/overlay (the node then draws it)")
     parser.add_argument("-o", "--output", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     folder = shared_dir() / "data" / "anomaly_val" / "RoadObstacle21" / "images"
     paths = sorted(folder.glob("*.webp"), key=lambda p: int(p.stem))[: args.frames]
     images = [read_image(p) for p in paths]
@@ -152,7 +152,7 @@ def main() -> int:
             diag = dict(probe.diag)
         result = {
             "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-            "processor": platform.processor(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+            "cpu_model": cpu_model(), "cpus": os.cpu_count(), "torch_threads": args.threads,
             "model": args.model, "backend": args.backend, "device": args.device,
             "input_size": args.input_size or "weights' default", "image": "1920x1080 bgr8",
             "overlay_subscribed": args.overlay, "frames": len(core),

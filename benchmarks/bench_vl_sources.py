@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vl_anomaly import create_predictor, read_image
+from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.io import write_json
 from vl_anomaly.networks.clip_towers import FrozenCLIP
 from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
@@ -63,11 +64,11 @@ def main() -> int:
     parser.add_argument("--caps", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("-o", "--output", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     image = read_image(shared_dir() / "data" / "anomaly_val" / "RoadObstacle21" / "images" / "0.webp")
     predictor = create_predictor("espnetv2_s2.0_cityscapes")
     rows: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-                  "torch_threads": args.threads, "image": "1920x1080", "detector_model": predictor.name}
+                  "cpu_model": cpu_model(), "torch_threads": args.threads, "image": "1920x1080", "detector_model": predictor.name}
     rows["detector_ms"], pred = timed(lambda: predictor.predict(image), args.repeats)
     x = preprocess(image, predictor.preprocess_cfg, "cpu")
     for label, config, name in (("tiny", TINY_CLIP, None), ("ViT-B-16", None, "ViT-B-16")):

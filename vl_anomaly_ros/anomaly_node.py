@@ -143,10 +143,9 @@ class AnomalyNode(LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def _load_predictor(self):
         """Runs on the model thread (:class:`ModelWorker`): threads setting, weights, warm-up."""
-        import torch
+        from vl_anomaly.cpu import set_threads
 
-        if self.param("threads") > 0:
-            torch.set_num_threads(self.param("threads"))
+        set_threads(self.param("threads"))       # flush-to-zero first: the thread's OpenMP workers inherit it
         height, width = self.param("input_height"), self.param("input_width")
         if (height == 0) != (width == 0):
             raise VLAnomalyError(f"input_height and input_width must both be 0 (the weights' size) or both set; "

@@ -14,7 +14,6 @@ import re
 import signal
 import time
 
-import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 

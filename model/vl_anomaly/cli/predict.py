@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..backends import BACKENDS
+from ..cpu import cpu_model, set_threads
 from ..errors import InvalidImageError, VLAnomalyError
 from ..factory import DEFAULT_MODEL, create_predictor
 from ..io import (encode_score_png, is_video, list_inputs, read_image, score_png_range, write_json, write_png)
@@ -54,8 +55,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads or 0)
     return create_predictor(args.model, weights=args.weights, score=args.score, threshold=args.threshold,
                             device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
                             min_area_px=args.min_area, drivable_only=args.drivable_only,
@@ -169,7 +169,7 @@ def run_predict(items: list[tuple[Path, str]], out_dir: Path, predictor: Anomaly
     network_ms = [r["timings_ms"]["network"] for r in records]
     summary = {
         "vl_anomaly_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "cpu_model": cpu_model(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
         "predictor": predictor.describe(), "output_dir": str(out_dir), "num_frames": len(records),
         "num_errors": len(errors), "errors": errors, "elapsed_s": round(elapsed, 3),
