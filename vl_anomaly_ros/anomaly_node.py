@@ -41,6 +41,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
@@ -65,6 +66,8 @@ from .shutdown import ShutdownSignals
 from .stats import FrameStats
 
 NODE_NAME = "vl_anomaly"
+#: a header stamp this much later than the previous frame's is counted as a jump (diagnostics events.stamp_jump)
+STAMP_JUMP_S = 1.0
 
 
 @dataclass
@@ -91,6 +94,9 @@ class AnomalyNode(LifecycleNode):
         self.predictor = None
         self.error = ""                  # last configure failure, shown in diagnostics
         self._camera: PinholeCamera | None = None
+        self._camera_info_state = "none"             # diagnostics: none, ok WxH, invalid (K or size unset)
+        self._last_stamp_ns: int | None = None
+        self._warn_times: dict[str, float] = {}
         self._inputs: list = []
         self._outputs: dict[str, object] = {}
         # Set by main()'s signal handler; ends the wait for a model that is still loading.
@@ -99,8 +105,10 @@ class AnomalyNode(LifecycleNode):
         self._active = False
         self._rejection_log_time = 0.0
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # On the steady clock: with use_sim_time and no /clock (a paused bag) health reports must go on.
         self._diagnostics_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
-                                                    self.publish_diagnostics)
+                                                    self.publish_diagnostics,
+                                                    clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # ------------------------------------------------------------------ parameters
     def param(self, name: str):
@@ -264,10 +272,34 @@ class AnomalyNode(LifecycleNode):
     # ------------------------------------------------------------------ executor thread
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera = PinholeCamera.from_camera_info(msg)
+        self._camera_info_state = "invalid (K or size unset)" if self._camera is None \
+            else f"ok {self._camera.width}x{self._camera.height}"
+
+    def _warn_at_most_every_second(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warn_times.get(key, 0.0) > 1.0:
+            self._warn_times[key] = now
+            self.get_logger().warning(message)
+
+    def _check_stamp(self, msg) -> None:
+        """Count header stamps that go backwards or jump forward by more than ``STAMP_JUMP_S`` (bag loops, clock
+        resets, a restarted driver). The frame is processed either way; ages and ``stale`` drops use the node
+        clock (``use_sim_time`` follows /clock)."""
+        stamp = stamp_ns(msg)
+        last, self._last_stamp_ns = self._last_stamp_ns, stamp
+        if last is None:
+            return
+        if stamp < last:
+            self.stats.on_event("stamp_backwards")
+            self._warn_at_most_every_second("stamp", f"header stamp went back by {(last - stamp) / 1e9:.3f} s")
+        elif stamp - last > STAMP_JUMP_S * 1e9:
+            self.stats.on_event("stamp_jump")
+            self._warn_at_most_every_second("stamp", f"header stamp jumped forward by {(stamp - last) / 1e9:.3f} s")
 
     def _on_image(self, msg, compressed: bool) -> None:
         """Count, validate the header (cheap), hand over to the inference thread. Never raises."""
         self.stats.on_received()
+        self._check_stamp(msg)
         try:
             if not compressed:
                 check_image_msg(msg, self.param("max_input_pixels"))
@@ -324,9 +356,16 @@ class AnomalyNode(LifecycleNode):
             pubs["mask"].publish(array_to_image_msg(mask, "mono8", header))
         ground = None
         height_m = self.param("camera_height_m")
-        if self._camera is not None and height_m > 0:
-            ground = obstacle_ground_points(prediction.obstacles, self._camera, rgb.shape[1], rgb.shape[0], height_m,
-                                            self.param("camera_pitch_deg"))
+        camera = self._camera
+        if camera is not None and height_m > 0:
+            if camera.fits(rgb.shape[1], rgb.shape[0]):
+                ground = obstacle_ground_points(prediction.obstacles, camera, rgb.shape[1], rgb.shape[0], height_m,
+                                                self.param("camera_pitch_deg"))
+            else:                                     # no positions from intrinsics of another image shape
+                self.stats.on_event("camera_info_mismatch")
+                self._warn_at_most_every_second(
+                    "camera_info", f"camera_info is for {camera.width}x{camera.height}, the image is "
+                                   f"{rgb.shape[1]}x{rgb.shape[0]} (another aspect ratio): no ground positions")
         pubs["obstacles"].publish(obstacle_array_msg(prediction.obstacles, header, predictor.score_name,
                                                      predictor.postprocess_cfg.threshold, ground))
         t3 = time.monotonic()
@@ -368,6 +407,9 @@ class AnomalyNode(LifecycleNode):
             values[f"dropped.{reason}"] = count
         for reason, count in sorted(snap["rejected"].items()):
             values[f"rejected.{reason}"] = count
+        for name, count in sorted(snap["events"].items()):
+            values[f"events.{name}"] = count
+        values["camera_info"] = self._camera_info_state
         for name in [k for k in snap if k.endswith("_ms")]:
             for pct, value in snap[name].items():
                 values[f"{name}.{pct}"] = "" if value is None else round(value, 2)

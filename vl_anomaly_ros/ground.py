@@ -36,6 +36,11 @@ class PinholeCamera:
             return None
         return cls(fx=k[0], fy=k[4], cx=k[2], cy=k[5], width=int(msg.width), height=int(msg.height))
 
+    def fits(self, width: int, height: int, tolerance: float = 0.01) -> bool:
+        """True when an image of ``width × height`` is this camera's image, possibly resized: same aspect ratio
+        within ``tolerance`` (relative). Another aspect ratio means cropped or another camera's intrinsics."""
+        return abs((width / height) / (self.width / self.height) - 1.0) <= tolerance
+
     def scaled_to(self, width: int, height: int) -> "PinholeCamera":
         """The same camera for an image resized to ``width × height`` (pixel-centre convention)."""
         sx, sy = width / self.width, height / self.height

@@ -25,6 +25,7 @@ class FrameStats:
         self.dropped: collections.Counter = collections.Counter()
         self.rejected: collections.Counter = collections.Counter()
         self.last_rejection = ""
+        self.events: collections.Counter = collections.Counter()   # input anomalies that do not stop a frame
         self._latency_ms: collections.deque = collections.deque(maxlen=window)
         self._age_ms: collections.deque = collections.deque(maxlen=window)
         self._window = window
@@ -46,6 +47,12 @@ class FrameStats:
         with self._lock:
             self.rejected[reason] += 1
             self.last_rejection = f"{reason}: {message}" if message else reason
+
+    def on_event(self, name: str) -> None:
+        """Count an input irregularity that the frame survives (``stamp_backwards``, ``stamp_jump``,
+        ``camera_info_mismatch``): reported in diagnostics as ``events.<name>``."""
+        with self._lock:
+            self.events[name] += 1
 
     def on_processed(self, latency_ms: float, age_ms: float, stage_ms: dict[str, float]) -> None:
         """One frame published: ``latency_ms`` = publish − receive (queue wait + inference + publishing);
@@ -74,7 +81,7 @@ class FrameStats:
                 "received": self.received, "processed": self.processed,
                 "dropped": dict(self.dropped), "rejected": dict(self.rejected),
                 "dropped_total": sum(self.dropped.values()), "rejected_total": sum(self.rejected.values()),
-                "rate_hz": rate, "last_rejection": self.last_rejection,
+                "rate_hz": rate, "last_rejection": self.last_rejection, "events": dict(self.events),
                 "seconds_since_input": None if self.last_received_monotonic is None
                 else now - self.last_received_monotonic,
             }
