@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -87,9 +88,14 @@ def _add_node_arguments(p: argparse.ArgumentParser) -> None:
 def _replay(args: argparse.Namespace) -> int:
     from .replay import replay
 
-    result = replay(Path(args.bag), Path(args.output), node_name=args.node_name, image_topic=args.topic,
-                    pace=args.pace, rate=args.rate, node_params=_node_params(args), start_node=not args.node_running,
-                    record_overlay=not args.no_overlay, recover=args.recover)
+    try:
+        result = replay(Path(args.bag), Path(args.output), node_name=args.node_name, image_topic=args.topic,
+                        pace=args.pace, rate=args.rate, node_params=_node_params(args),
+                        start_node=not args.node_running, record_overlay=not args.no_overlay, recover=args.recover)
+    except KeyboardInterrupt:                       # Ctrl-C: replay() closed the output bag and stopped the node
+        print(f"interrupted: the output bag {Path(args.output).resolve()} was closed with what was recorded so far",
+              file=sys.stderr)
+        return 130
     c = result.node_counters
     print(f"replayed {result.frames_published} frames ({result.pace}) in {result.seconds:.1f} s: node processed "
           f"{c.get('processed', 0)}, dropped {c.get('dropped', 0)}, rejected {c.get('rejected', 0)}, lost before "

@@ -87,8 +87,11 @@ class _Recorder:
 
         self.store = typestore()
         register_our_types(self.store)
+        self.out = out
         self.writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
+        self.error: OSError | None = None          # first failed write (disk full, …): recording stops there
+        self.written = 0
         self.lock = threading.Condition()
         self.stamps: dict[str, dict[int, float]] = {}           # output → {stamp ns: receive monotonic}
         self.diagnostics: dict | None = None
@@ -116,7 +119,7 @@ class _Recorder:
     def _on_output(self, short: str, topic: str, msgtype: str, data: bytes) -> None:
         now = time.monotonic()
         with self.lock:
-            self.writer.write(self.connections[topic], time.time_ns(), data)
+            self._write(self.connections[topic], data)
             self.counts[topic] = self.counts.get(topic, 0) + 1
             self.stamps[short][_cdr_header_stamp(data)] = now            # every output starts with the header
             self.lock.notify_all()
@@ -124,7 +127,7 @@ class _Recorder:
     def _on_diagnostics(self, data: bytes) -> None:
         msg = self.store.deserialize_cdr(data, "diagnostic_msgs/msg/DiagnosticArray")
         with self.lock:
-            self.writer.write(self.connections["/diagnostics"], time.time_ns(), data)
+            self._write(self.connections["/diagnostics"], data)
             for status in msg.status:
                 if status.name == f"/{self.node_name}: frames":
                     self.diagnostics = {kv.key: kv.value for kv in status.values} | {"message": status.message}
@@ -135,12 +138,35 @@ class _Recorder:
         String = self.store.types["std_msgs/msg/String"]
         payload = json.dumps({"stamp_ns": stamp, "published_monotonic": published_monotonic})
         with self.lock:
-            self.writer.write(self.connections[PLAYED_TOPIC], time.time_ns(),
-                              self.store.serialize_cdr(String(data=payload), "std_msgs/msg/String"))
+            self._write(self.connections[PLAYED_TOPIC],
+                        self.store.serialize_cdr(String(data=payload), "std_msgs/msg/String"))
 
-    def close(self) -> None:
+    def _write(self, connection, data: bytes) -> None:
+        """Write one message (lock held). The first OSError stops the recording and wakes the waiting player
+        (an exception here would end the executor thread and leave the player waiting for answers)."""
+        if self.error is not None:
+            return
+        try:
+            self.writer.write(connection, time.time_ns(), data)
+            self.written += 1
+        except OSError as exc:
+            self.error = exc
+            self.lock.notify_all()
+
+    def failure(self) -> BagError:
+        """The error to raise after a failed write, saying what was kept and how to read it."""
+        return BagError(f"writing the output bag {self.out} failed after {self.written} messages: {self.error}. "
+                        f"The messages written before the failure stay in {self.out}; read them with --recover "
+                        f"(e.g. vl-anomaly replay-eval ... --recover)")
+
+    def close(self) -> str:
+        """Close the bag; returns '' or why closing failed (a full disk cannot take the mcap summary either)."""
         with self.lock:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as exc:
+                return f"closing {self.out} failed ({exc}): its summary is missing, read it with --recover"
+        return ""
 
 
 def _cdr_header_stamp(data: bytes) -> int:
@@ -279,10 +305,12 @@ def replay(input_bag: Path, output_bag: Path, node_name: str = "vl_anomaly", ima
                 sent = len(published)
                 with recorder.lock:
                     done = recorder.lock.wait_for(
-                        lambda: stamp in recorder.stamps["obstacles"]
+                        lambda: stamp in recorder.stamps["obstacles"] or recorder.error is not None
                         or accounted(recorder.diagnostics) - base_accounted >= sent, frame_timeout_s)
                 if not done:
                     notes.append(f"no answer from the node for frame stamp {stamp} within {frame_timeout_s} s")
+            if recorder.error is not None:
+                raise recorder.failure()
         bar.close()
         # Wait until the node has accounted for every frame it received, and the last outputs arrived.
         deadline = time.monotonic() + frame_timeout_s
@@ -290,8 +318,10 @@ def replay(input_bag: Path, output_bag: Path, node_name: str = "vl_anomaly", ima
             recorder.lock.wait_for(
                 lambda: recorder.diag_time > time.monotonic() - 0.05
                 and _diag_int(recorder.diagnostics, "in_flight") == 0
-                and _diag_int(recorder.diagnostics, "received") - base_received >= len(published),
-                max(0.0, deadline - time.monotonic()))
+                and _diag_int(recorder.diagnostics, "received") - base_received >= len(published)
+                or recorder.error is not None, max(0.0, deadline - time.monotonic()))
+        if recorder.error is not None:
+            raise recorder.failure()
         time.sleep(0.3)
         with recorder.lock:
             counters = dict(recorder.diagnostics or {})
@@ -299,7 +329,9 @@ def replay(input_bag: Path, output_bag: Path, node_name: str = "vl_anomaly", ima
             outputs = dict(recorder.counts)
     finally:
         executor.shutdown(timeout_sec=2.0)
-        recorder.close()
+        close_problem = recorder.close()
+        if close_problem:
+            notes.append(close_problem)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
         bag.close()
