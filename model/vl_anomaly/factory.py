@@ -128,7 +128,10 @@ def _create_vl_model(name: str, cfg: dict, weights, device: str) -> nn.Module:
         if path.suffix != ".safetensors":
             raise WeightsError(f"{name}: a VL head checkpoint must be a .safetensors file, got {path}")
         state = _load_safetensors(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:                                # wrong shapes
+            raise WeightsError(f"head checkpoint {path} does not fit {name}: {exc}") from exc
         foreign = [k for k in missing if not k.startswith(("clip.", "segmenter."))]
         if unexpected or foreign:
             raise WeightsError(f"head checkpoint {path} does not fit {name}: missing {foreign[:5]}, "

@@ -81,10 +81,10 @@ class FusionCfg:
         try:
             weights = {str(k): float(v) for k, v in data["weights"].items()}
             norms = {str(k): SourceNorm(float(v["lo"]), float(v["hi"])) for k, v in data["normalization"].items()}
+            return cls(weights, norms, dict(data.get("record") or {}))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(f"fusion config needs 'weights' {{source: w}} and 'normalization' "
-                              f"{{source: {{lo, hi}}}}: {exc}") from exc
-        return cls(weights, norms, dict(data.get("record") or {}))
+                              f"{{source: {{lo, hi}}}} for every source: {type(exc).__name__} {exc}") from exc
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -105,7 +105,10 @@ class FusionCfg:
             raise ConfigError(f"fusion config {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"fusion config {path} must be a mapping with weights and normalization")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"fusion config {path}: {exc}") from exc
 
 
 def fuse(maps: dict[str, np.ndarray], cfg: FusionCfg) -> np.ndarray:

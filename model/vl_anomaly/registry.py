@@ -48,6 +48,9 @@ def _natural_key(name: str) -> list:
 def _check_config(name: str, cfg: object, source: Path) -> dict:
     if not isinstance(cfg, dict) or not {"family", "arch"} <= set(cfg):
         raise ConfigError(f"model config {source} must be a mapping with keys 'family' and 'arch'")
+    if not isinstance(cfg["family"], str) or not isinstance(cfg["arch"], dict):
+        raise ConfigError(f"model config {source}: 'family' must be a name and 'arch' a mapping of constructor "
+                          f"arguments; got {type(cfg['family']).__name__} and {type(cfg['arch']).__name__}")
     if cfg.get("classes", "cityscapes") not in CLASS_LISTS:
         raise ConfigError(f"model config {source}: unknown class list {cfg.get('classes')!r}; "
                           f"known: {sorted(CLASS_LISTS)}")
@@ -65,8 +68,11 @@ def add_model_config(path: str | Path) -> list[str]:
         raise ConfigError(f"no model config found at {path}")
     added = []
     for file in files:
-        with open(file, encoding="utf-8") as handle:
-            cfg = yaml.safe_load(handle)
+        try:
+            with open(file, encoding="utf-8") as handle:
+                cfg = yaml.safe_load(handle)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:       # incl. python/* tags: safe_load refuses them
+            raise ConfigError(f"model config {file} is not valid YAML: {exc}") from exc
         _MODEL_CONFIGS[file.stem] = _check_config(file.stem, cfg, file)
         added.append(file.stem)
     return added

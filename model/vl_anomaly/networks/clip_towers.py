@@ -144,4 +144,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:                                              # noqa: BLE001
         raise WeightsError(f"CLIP checkpoint {path} cannot be read (truncated or not a state dict): {exc}") from exc
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"CLIP checkpoint {path} is not a state dict (name → tensor); got {type(state).__name__}")
+    return state

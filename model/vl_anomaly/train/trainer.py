@@ -69,7 +69,12 @@ class TrainCfg:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> "TrainCfg":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:       # incl. python/* tags: safe_load refuses them
+            raise ConfigError(f"training config {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config {path} must be a mapping of settings, got {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
