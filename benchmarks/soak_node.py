@@ -46,16 +46,10 @@ from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
 from vl_anomaly_ros.conversions import array_to_image_msg  # noqa: E402
 from vl_anomaly_ros.replay import start_node_process  # noqa: E402
 
+from bench_node import rss_mib  # noqa: E402  (benchmarks/ is the script's folder)
+
 NODE = "vl_anomaly_soak"
 COUNTERS = ("received", "processed", "dropped", "rejected", "in_flight")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of process ``pid`` in MiB (``VmRSS`` of /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 class SoakProbe:

@@ -43,10 +43,10 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
                        qos_profile_system_default)
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from vl_anomaly.errors import VLAnomalyError
@@ -103,7 +103,6 @@ class AnomalyNode(LifecycleNode):
         self.shutdown_requested = shutdown_requested or threading.Event()
         self.worker = ModelWorker(self.queue, self._handle_frame)
         self._active = False
-        self._rejection_log_time = 0.0
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # On the steady clock: with use_sim_time and no /clock (a paused bag) health reports must go on.
         self._diagnostics_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
@@ -276,6 +275,7 @@ class AnomalyNode(LifecycleNode):
             else f"ok {self._camera.width}x{self._camera.height}"
 
     def _warn_at_most_every_second(self, key: str, message: str) -> None:
+        """Log a warning unless one of the same ``key`` was logged less than a second ago (counts go to stats)."""
         now = time.monotonic()
         if now - self._warn_times.get(key, 0.0) > 1.0:
             self._warn_times[key] = now
@@ -310,10 +310,7 @@ class AnomalyNode(LifecycleNode):
 
     def _reject(self, reason: str, message: str) -> None:
         self.stats.on_rejected(reason, message)
-        now = time.monotonic()
-        if now - self._rejection_log_time > 1.0:             # at most one log line per second
-            self._rejection_log_time = now
-            self.get_logger().warning(f"rejected frame ({reason}): {message}")
+        self._warn_at_most_every_second("rejection", f"rejected frame ({reason}): {message}")
 
     # ------------------------------------------------------------------ model thread
     def _handle_frame(self, frame: _Frame) -> None:
