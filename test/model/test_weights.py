@@ -170,3 +170,29 @@ def test_espnet_loads_without_subnormal_parameters():
     model = create_model("espnet_p2_q8_cityscapes")
     assert sum(count_subnormal(v) for v in model.state_dict().values()) == 0
     assert record.sha256 == sha256_file(find_weight_file(record)[0])
+
+
+def test_flush_to_zero_reaches_the_torch_worker_threads():
+    """``set_threads`` enables FTZ/DAZ before the thread's OpenMP workers exist, so *every* worker flushes
+    subnormal results (``torch.set_flush_denormal`` after them would only cover the calling thread: half of a
+    2-thread multiply was measured flushed then). Checked on a fresh thread, as the node's model thread runs."""
+    import threading
+
+    from vl_anomaly.cpu import set_threads
+
+    result = {}
+
+    def run():
+        if not enable_flush_to_zero():
+            result["skip"] = True
+            return
+        set_threads(2)
+        a = torch.full((4_000_000,), 1e-20)
+        result["flushed"] = float(((a * a) == 0).float().mean())     # 1e-40 is subnormal: 0 where flushed
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if result.get("skip"):
+        pytest.skip("this CPU has no flush-to-zero control")
+    assert result["flushed"] == 1.0
