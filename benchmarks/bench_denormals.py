@@ -7,7 +7,8 @@ For each model with real weights, on a real 1920×1080 RoadObstacle21 frame at t
   loads since issue 14: ``vl_anomaly.cpu.flush_subnormals_``);
 * network time in three settings measured in one run, each in a fresh thread so its OpenMP workers are new:
   ``published`` (checkpoint as published, no flush-to-zero), ``weights_flushed`` (subnormal parameters zeroed),
-  ``weights_flushed+ftz`` (and FTZ/DAZ on, ``vl_anomaly.cpu.set_threads``) — the last is what the core runs.
+  ``weights_flushed+ftz`` (and FTZ/DAZ on in the thread and its workers) — the last is what the core runs
+  (``vl_anomaly.cpu``: zeroed parameters, workers created with the flags, the forward inside ``flush_to_zero``).
   Scores of the three are compared too (they must agree: subnormals are below 1.2e-38).
 
 On CPUs that take a microcode assist per subnormal operand (many Intel cores) ``published`` is far slower; on

@@ -152,7 +152,7 @@ class AnomalyNode(LifecycleNode):
         """Runs on the model thread (:class:`ModelWorker`): threads setting, weights, warm-up."""
         from vl_anomaly.cpu import set_threads
 
-        set_threads(self.param("threads"))       # flush-to-zero first: the thread's OpenMP workers inherit it
+        set_threads(self.param("threads"))       # its OpenMP workers are created with flush-to-zero on
         height, width = self.param("input_height"), self.param("input_width")
         if (height == 0) != (width == 0):
             raise VLAnomalyError(f"input_height and input_width must both be 0 (the weights' size) or both set; "

@@ -10,14 +10,17 @@ a 2-core AMD EPYC (issue 14). Two remedies, both applied by the core:
 
 1. :func:`flush_subnormals_` zeroes subnormal parameters when weights are loaded (an absolute change below
    1.2e-38: no output changes). This removes the source: ESPNet's subnormal activations drop from 4 % to 0.05 %.
-2. :func:`enable_flush_to_zero` sets the x86 FTZ/DAZ flags so the remaining subnormal *intermediate* values are
-   treated as zero. The flags are per thread; torch's OpenMP worker threads copy them only when they are created,
-   which happens at the first parallel operation or ``torch.set_num_threads`` of the calling thread. Hence
-   :func:`set_threads` enables them first, and the node's model thread does so before any torch work.
+2. The x86 FTZ/DAZ flags treat the remaining subnormal *intermediate* values as zero during network forwards
+   (:func:`flush_to_zero`, used by :class:`~vl_anomaly.AnomalyPredictor`). The flags are per thread: torch's
+   OpenMP worker threads copy them only when they are created (the first parallel operation or
+   ``torch.set_num_threads`` of the calling thread), so :func:`set_threads` creates them with the flags on; the
+   calling thread gets them only inside the block: the flags would change NumPy's results on that thread too
+   (metrics, post-processing), and those must stay IEEE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
 
@@ -72,18 +75,39 @@ def flush_subnormals_(state_dict: dict[str, torch.Tensor]) -> int:
 def enable_flush_to_zero() -> bool:
     """Treat subnormal floats as zero on this thread (and the torch worker threads it creates from now on).
 
+    This changes NumPy's results on this thread too: use :func:`flush_to_zero` around network forwards instead.
+
     Returns:
         True where the CPU supports it (x86-64 with SSE3), False elsewhere (nothing changes then).
     """
     return bool(torch.set_flush_denormal(True))
 
 
-def set_threads(threads: int) -> None:
-    """``torch.set_num_threads(threads)`` (``threads > 0``) after :func:`enable_flush_to_zero`, so the OpenMP
-    workers created for this thread inherit the flags."""
+def disable_flush_to_zero() -> None:
+    """Back to IEEE subnormals on this thread (the process default)."""
+    torch.set_flush_denormal(False)
+
+
+@contextlib.contextmanager
+def flush_to_zero():
+    """FTZ/DAZ on the calling thread for the duration of the block (a network forward), IEEE again after it, so
+    metrics and post-processing computed on the same thread are unaffected. Torch's OpenMP workers keep the
+    flags they were created with (:func:`set_threads`)."""
     enable_flush_to_zero()
-    if threads > 0:
-        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        disable_flush_to_zero()
+
+
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` (``threads > 0``) with flush-to-zero on while the calling thread's
+    OpenMP workers are created, so they flush subnormals for good; the calling thread itself is IEEE again
+    afterwards (it flushes only inside :func:`flush_to_zero`)."""
+    with flush_to_zero():
+        if threads > 0:
+            torch.set_num_threads(threads)
+        torch.ones(1 << 20).mul_(2.0)              # a parallel op: the workers exist now, with the flags
 
 
 def cpu_model() -> str:

@@ -22,7 +22,7 @@ from .errors import ConfigError, WeightsError
 from .pipeline import AnomalyPredictor
 from .postprocess import PostprocessCfg
 from .preprocess import PreprocessCfg
-from .cpu import enable_flush_to_zero, flush_subnormals_
+from .cpu import flush_subnormals_
 from .paths import cache_dir
 from .pretrained import get_pretrained_cfg, load_registered_state_dict, sha256_file
 from .registry import build_network, get_model_config
@@ -57,7 +57,6 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
 
     The returned module maps ``(B, 3, H, W)`` network inputs to a :class:`~vl_anomaly.outputs.SegmenterOutput`.
     """
-    enable_flush_to_zero()                     # before the first torch work of this thread (vl_anomaly.cpu)
     cfg = get_model_config(name)
     family = cfg["family"]
     record = get_pretrained_cfg(name)

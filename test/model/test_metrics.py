@@ -33,8 +33,14 @@ def test_official_parity_fixtures(parity, track_set):
     for score, label in frames[track_set]:
         pixel.add(score, label)
     got = pixel.compute().to_dict()
-    for ours, theirs in (("AuPRC", "AuPRC"), ("FPR95", "FPR95"), ("AuROC", "AUROC"), ("best_pixel_F1", "best_pixel_F1")):
+    for ours, theirs in (("FPR95", "FPR95"), ("AuROC", "AUROC"), ("best_pixel_F1", "best_pixel_F1")):
         assert got[ours] == pytest.approx(exp[theirs], abs=1e-4), ours
+    # AuPRC: the official code sorts the pooled thresholds with numpy's unstable argsort, whose order of equal
+    # thresholds (from different frames) differs between numpy's AVX-512 and AVX2 code paths, and it keeps the
+    # first curve point, which depends on that order. expected.json came from one CPU: on an AVX2-only CPU the
+    # same official call gives 79.4043 / 69.5798 instead of 79.4005 / 69.6364. We sort stably (one answer on
+    # every CPU: 79.4013 / 69.6342), so AuPRC is checked to the 0.005 points that tie order can move here.
+    assert got["AuPRC"] == pytest.approx(exp["AuPRC"], abs=5e-3)
     assert got["best_f1_threshold"] == pytest.approx(exp["best_f1_threshold"], abs=1e-6)
     comp = ComponentMetrics(got["best_f1_threshold"], exp["track"])
     for score, label in frames[track_set]:
@@ -212,3 +218,14 @@ def test_prediction_is_strictly_above_threshold():
     score = np.where(label == 1, 0.5, 0.0).astype(np.float32)
     siou, _ = frame_components(score, label, 0.5, TRACKS["obstacle"])
     assert siou.tolist() == [0.0]
+
+
+def test_official_pooling_does_not_depend_on_the_sort_path(parity):
+    """Equal thresholds of different frames are pooled in one fixed (stable) order, so the tie-heavy fixture's
+    AuPRC is pinned to the value a stable order gives (79.4013; numpy's unstable argsort gave 79.4043 on an AVX2
+    CPU and the reference 79.4005 on the CPU that made expected.json)."""
+    expected, frames = parity
+    pixel = PixelMetrics("official")
+    for score, label in frames["anomaly_track"]:
+        pixel.add(score, label)
+    assert pixel.compute().AuPRC == pytest.approx(0.794013, abs=5e-6)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vl_anomaly import WeightsError, create_model
-from vl_anomaly.cpu import count_subnormal, enable_flush_to_zero, flush_subnormals_, subnormal_mask
+from vl_anomaly.cpu import (count_subnormal, disable_flush_to_zero, enable_flush_to_zero, flush_subnormals_,
+                            flush_to_zero, subnormal_mask)
 from vl_anomaly.networks import ESPNet, ESPNetv2
 from vl_anomaly.pretrained import (cache_path, find_weight_file, get_pretrained_cfg, load_registered_state_dict,
                                   sha256_file)
@@ -118,6 +119,7 @@ def test_corrupt_cache_is_rebuilt(weights_dir, tmp_path, monkeypatch):
     cached.write_bytes(b"not a safetensors file")
     model = create_model("espnet_p2_q8_cityscapes")
     original = torch.load(weights_dir / record.filename, map_location="cpu", weights_only=False)
+    flush_subnormals_(original)                                   # as every load does (vl_anomaly.cpu)
     assert torch.equal(model.state_dict()["classifier.weight"], original["classifier.weight"])
     assert cached.stat().st_size > 1000
 
@@ -145,20 +147,20 @@ def test_subnormals_are_found_by_their_bits_and_zeroed():
     """Hand-made bit patterns (built as integers: with flush-to-zero on, converting a Python float would already
     flush it): the smallest normal float32 stays, subnormals become 0, also with DAZ on (which makes the CPU read
     subnormals as zero, so comparisons could not find them)."""
-    enable_flush_to_zero()
-    f32 = torch.tensor([0, 0x00800000, -0x7F800000, 0x00400000, 0x00000001, -0x7FFFFFFF, 0x3F800000,
-                        0x7F800000, 0x7FC00000], dtype=torch.int32).view(torch.float32)
-    # 0, tiny, -tiny, tiny/2, smallest subnormal, its negative, 1.0, inf, nan
-    assert count_subnormal(f32) == 3
-    f16 = torch.tensor([0x0001, 0x0400, 0x3C00], dtype=torch.int16).view(torch.float16)   # subnormal, tiny, 1.0
-    assert count_subnormal(f16) == 1
-    state = {"w": f32.clone(), "h": f16.clone(), "steps": torch.tensor([3])}
-    assert flush_subnormals_(state) == 4
-    expected = torch.tensor([0, 0x00800000, -0x7F800000, 0, 0, 0, 0x3F800000, 0x7F800000, 0x7FC00000],
-                            dtype=torch.int32)
-    assert torch.equal(state["w"].view(torch.int32), expected)
-    assert state["h"].view(torch.int16).tolist() == [0, 0x0400, 0x3C00]
-    assert torch.equal(state["steps"], torch.tensor([3]))
+    with flush_to_zero():                               # DAZ on: the bit tests must still find them
+        f32 = torch.tensor([0, 0x00800000, -0x7F800000, 0x00400000, 0x00000001, -0x7FFFFFFF, 0x3F800000,
+                            0x7F800000, 0x7FC00000], dtype=torch.int32).view(torch.float32)
+        # 0, tiny, -tiny, tiny/2, smallest subnormal, its negative, 1.0, inf, nan
+        assert count_subnormal(f32) == 3
+        f16 = torch.tensor([0x0001, 0x0400, 0x3C00], dtype=torch.int16).view(torch.float16)   # subnormal, tiny, 1.0
+        assert count_subnormal(f16) == 1
+        state = {"w": f32.clone(), "h": f16.clone(), "steps": torch.tensor([3])}
+        assert flush_subnormals_(state) == 4
+        expected = torch.tensor([0, 0x00800000, -0x7F800000, 0, 0, 0, 0x3F800000, 0x7F800000, 0x7FC00000],
+                                dtype=torch.int32)
+        assert torch.equal(state["w"].view(torch.int32), expected)
+        assert state["h"].view(torch.int16).tolist() == [0, 0x0400, 0x3C00]
+        assert torch.equal(state["steps"], torch.tensor([3]))
 
 
 def test_espnet_loads_without_subnormal_parameters():
@@ -172,11 +174,15 @@ def test_espnet_loads_without_subnormal_parameters():
     assert record.sha256 == sha256_file(find_weight_file(record)[0])
 
 
-def test_flush_to_zero_reaches_the_torch_worker_threads():
-    """``set_threads`` enables FTZ/DAZ before the thread's OpenMP workers exist, so *every* worker flushes
-    subnormal results (``torch.set_flush_denormal`` after them would only cover the calling thread: half of a
-    2-thread multiply was measured flushed then). Checked on a fresh thread, as the node's model thread runs."""
+def test_flush_to_zero_reaches_the_workers_and_stays_out_of_numpy():
+    """``set_threads`` creates the thread's OpenMP workers with FTZ/DAZ on, so inside :func:`flush_to_zero` *every*
+    worker flushes subnormal results (``torch.set_flush_denormal`` after the workers exist covers only the calling
+    thread: half of a 2-thread multiply was measured flushed then). Outside the block the calling thread computes
+    IEEE subnormals again — NumPy (the metrics) must not see the flags. Checked on a fresh thread, as the node's
+    model thread runs."""
     import threading
+
+    import numpy as np
 
     from vl_anomaly.cpu import set_threads
 
@@ -186,9 +192,12 @@ def test_flush_to_zero_reaches_the_torch_worker_threads():
         if not enable_flush_to_zero():
             result["skip"] = True
             return
+        disable_flush_to_zero()
         set_threads(2)
         a = torch.full((4_000_000,), 1e-20)
-        result["flushed"] = float(((a * a) == 0).float().mean())     # 1e-40 is subnormal: 0 where flushed
+        with flush_to_zero():
+            result["flushed"] = float(((a * a) == 0).float().mean())   # 1e-40 is subnormal: 0 where flushed
+        result["numpy_after"] = float(np.float32(1e-20) * np.float32(1e-20))
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -196,3 +205,13 @@ def test_flush_to_zero_reaches_the_torch_worker_threads():
     if result.get("skip"):
         pytest.skip("this CPU has no flush-to-zero control")
     assert result["flushed"] == 1.0
+    assert result["numpy_after"] > 0.0                                 # a subnormal, kept
+
+
+def test_prediction_leaves_the_calling_thread_ieee(espnetv2_predictor, road_obstacle_image):
+    """A forward flushes subnormals only inside the call: NumPy work afterwards on the same thread (metrics,
+    post-processing) computes IEEE subnormals."""
+    import numpy as np
+
+    espnetv2_predictor.predict(road_obstacle_image)
+    assert float(np.float32(1e-20) * np.float32(1e-20)) > 0.0

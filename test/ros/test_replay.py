@@ -189,12 +189,12 @@ def test_ctrl_c_closes_the_output_bag(input_bag, tmp_path):
 
     out = tmp_path / "out"
     proc = _vl_anomaly(*_replay_args(input_bag, out, "vl_anomaly_replay_int"), "--pace", "recorded",
-                       "--rate", "0.5")
+                       "--rate", "0.05")                 # 10 frames at 10 Hz played over 20 s
     node_log = tmp_path / "out.node.log"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and "active:" not in (node_log.read_text() if node_log.exists() else ""):
         time.sleep(0.2)
-    time.sleep(4.0)                                         # a few frames at half the recorded rate
+    time.sleep(4.0)                                         # a few of the 10 frames
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text

@@ -188,7 +188,11 @@ class PixelMetrics:
             if not self._frames:
                 raise ValueError("no frame with non-void pixels was added")
             thresholds = np.concatenate([f[0] for f in self._frames])
-            order = np.argsort(thresholds)[::-1]
+            # Stable, so equal thresholds of different frames keep one order on every CPU. The official code's
+            # np.argsort (quicksort) orders such ties differently on AVX-512 and AVX2 builds of numpy, and the
+            # first curve point it keeps depends on that order: the official AuPRC of a tie-heavy fixture moved
+            # by 0.06 points between the two (docs/evaluation.md).
+            order = np.argsort(thresholds, kind="stable")[::-1]
             tp = np.cumsum(np.concatenate([f[1] for f in self._frames])[order].astype(np.float64))
             fp = np.cumsum(np.concatenate([f[2] for f in self._frames])[order].astype(np.float64))
             thresholds = thresholds[order]
