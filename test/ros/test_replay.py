@@ -146,12 +146,16 @@ def test_replay_on_the_onnxruntime_backend(dataset, input_bag, tmp_path):
 
 
 def _vl_anomaly(*args, **popen):
+    """``vl-anomaly`` as a user starts it from a terminal: SIGINT at its default even where the test run itself
+    was started in the background (a non-interactive shell's ``&`` ignores SIGINT, and children inherit that)."""
+    import signal
     import subprocess
     import sys
     from pathlib import Path
 
     return subprocess.Popen([str(Path(sys.executable).parent / "vl-anomaly"), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def _replay_args(input_bag, out, name):
