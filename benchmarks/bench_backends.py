@@ -31,9 +31,9 @@ import torch
 os.environ.setdefault("VL_ANOMALY_CLIP_WEIGHTS", "none")        # no CLIP weights can be had here (speed only)
 
 from vl_anomaly import create_model, read_image                 # noqa: E402
-from vl_anomaly.backends import BACKENDS, load_exported         # noqa: E402
+from vl_anomaly.deploy import BACKENDS, load_exported         # noqa: E402
 from vl_anomaly.cpu import cpu_model, set_threads               # noqa: E402
-from vl_anomaly.export import export_onnx, export_vl_onnx       # noqa: E402
+from vl_anomaly.deploy import export_onnx, export_vl_onnx       # noqa: E402
 from vl_anomaly.factory import get_preprocess_cfg                # noqa: E402
 from vl_anomaly.io import write_json                             # noqa: E402
 from vl_anomaly.paths import shared_dir                          # noqa: E402

@@ -44,7 +44,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from vl_anomaly import create_predictor, read_image  # noqa: E402
-from vl_anomaly.backends import BACKENDS  # noqa: E402
+from vl_anomaly.deploy import BACKENDS  # noqa: E402
 from vl_anomaly.cpu import cpu_model, set_threads  # noqa: E402
 from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import shared_dir  # noqa: E402

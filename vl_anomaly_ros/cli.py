@@ -69,7 +69,7 @@ def _node_params(args: argparse.Namespace) -> dict:
 
 
 def _add_node_arguments(p: argparse.ArgumentParser) -> None:
-    from vl_anomaly.backends import BACKENDS
+    from vl_anomaly.deploy import BACKENDS
     from vl_anomaly.factory import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="node parameter model")

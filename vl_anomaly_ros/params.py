@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vl_anomaly.backends import BACKENDS
+from vl_anomaly.deploy import BACKENDS
 from vl_anomaly.registry import list_models
 from vl_anomaly.scores import list_scores
 

@@ -23,8 +23,8 @@ from .pipeline import AnomalyPredictor
 from .postprocess import PostprocessCfg
 from .preprocess import PreprocessCfg
 from .cpu import flush_subnormals_
-from .paths import cache_dir
-from .pretrained import get_pretrained_cfg, load_registered_state_dict, sha256_file
+from .deploy import check_backend, load_deployed_model
+from .pretrained import get_pretrained_cfg, load_registered_state_dict
 from .registry import build_network, get_model_config
 from .scores import get_score
 
@@ -167,12 +167,11 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``threshold`` defaults to the score's documented default (:data:`vl_anomaly.scores.SCORES`).
-    ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.backends`); the ONNX graph is
+    ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.deploy`); the ONNX graph is
     ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use,
-    :func:`exported_model`); TensorRT builds and caches its ``precision`` engine from it (not run on our machines).
+    :func:`vl_anomaly.deploy.load_deployed_model`); TensorRT builds and caches its ``precision`` engine from it
+    (not run on our machines).
     """
-    from .backends import check_backend
-
     check_backend(backend)
     spec = get_score(score)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -186,79 +185,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
             raise ConfigError(f"onnx_path ({onnx_path}) is run by backend 'onnxruntime' or 'tensorrt', not 'torch'")
         model = create_model(name, weights=weights, device=device)
     else:
-        model = exported_model(name, weights, preprocess_cfg.input_size, onnx_path, backend, precision)
+        clip = _clip_weights(get_model_config(name)) if get_model_config(name)["family"] == "vl_anomaly" else None
+        model = load_deployed_model(name, weights, preprocess_cfg.input_size, backend,
+                                    build_model=lambda: create_model(name, weights=weights), onnx_path=onnx_path,
+                                    precision=precision, clip_weights=clip)
     return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name)
-
-
-def _weights_tag(name: str, weights) -> str:
-    """Short identity of a model's weights for the export cache (registered SHA-256, or the file's); VL models:
-    segmenter, CLIP and head. Raises :class:`ConfigError` for random weights (never cached)."""
-    cfg = get_model_config(name)
-    if cfg["family"] == "vl_anomaly":
-        clip = _clip_weights(cfg)
-        if clip is None:
-            raise ConfigError(f"{name}: CLIP has random weights (VL_ANOMALY_CLIP_WEIGHTS / config); such exports "
-                              f"are not cached: run `vl-anomaly export --model {name}` and pass its file as onnx_path")
-        clip_tag = sha256_file(Path(clip))[:8] if Path(clip).is_file() else clip
-        return f"{_weights_tag(cfg['segmenter'], 'default')[:8]}.{clip_tag}.{sha256_file(Path(weights))[:12]}"
-    if weights == "default":
-        record = get_pretrained_cfg(name)
-        return (record.sha256 or "hub")[:12] if record is not None else "default"
-    return sha256_file(Path(weights))[:12] if Path(weights).is_file() else Path(weights).name
-
-
-def exported_model(name: str, weights, input_size: tuple[int, int], onnx_path: str | Path | None = None,
-                   backend: str = "onnxruntime", precision: str = "fp16", threads: int | None = None) -> nn.Module:
-    """A registered model run by ``backend`` (``onnxruntime`` or ``tensorrt``) from its ONNX export: ``onnx_path``,
-    or a cached export under ``$VL_ANOMALY_CACHE_DIR/onnx`` keyed by model, weights, input size and torch version
-    (re-exported and re-checked when any changes). Random or untrained weights are never cached: export them
-    explicitly (``vl-anomaly export``) and pass ``onnx_path``."""
-    from .backends import load_exported
-    from .export import ExportRecord
-
-    if backend == "tensorrt":
-        from .tensorrt_backend import _import_tensorrt
-
-        _import_tensorrt()                                   # clear error before any export work
-    if onnx_path is not None:
-        record = ExportRecord.load(Path(onnx_path))          # checked before a runner (or engine) is built
-        if record.kind == "clip_image":
-            raise ConfigError(f"{onnx_path} is a CLIP image encoder; pass the model's export (its .onnx next to it)")
-        if record.model and record.model != name:
-            raise ConfigError(f"{onnx_path} is an export of {record.model!r}, not of {name!r}: its pre-processing "
-                              "and scores would not match; pass the same model name")
-        if tuple(record.input_size) != tuple(input_size):
-            raise ConfigError(f"{onnx_path} was exported for input {record.input_size[0]}x{record.input_size[1]}, "
-                              f"the predictor runs at {input_size[0]}x{input_size[1]}: set the input size to the "
-                              "export's or export again with --input-size")
-        return load_exported(onnx_path, backend, threads, precision)
-    family = get_model_config(name)["family"]
-    if weights is None or str(weights).lower() in ("none", "untrained") or (family == "vl_anomaly"
-                                                                            and weights == "default"):
-        raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (only registered or file "
-                          "weights are cached; VL models need a head checkpoint): run "
-                          f"`vl-anomaly export --model {name} --weights ...` and pass its file as onnx_path")
-    path = cache_dir() / "onnx" / f"{name}.{_weights_tag(name, weights)}.{input_size[0]}x{input_size[1]}.onnx"
-    fresh = False
-    if path.is_file():
-        try:
-            record = ExportRecord.load(path)
-            fresh = record.torch_version == torch.__version__ and record.sha256 == sha256_file(path)
-        except Exception:                                                      # noqa: BLE001 — re-export
-            fresh = False
-    if not fresh:
-        _LOG.warning("exporting %s to %s (once; checked against PyTorch)", name, path)
-        export_model(name, weights, path, tuple(input_size))
-    return load_exported(path, backend, threads, precision)
-
-
-def export_model(name: str, weights, out: str | Path, input_size: tuple[int, int]):
-    """Export registered model ``name`` with ``weights`` to ``out`` at ``input_size`` (segmenters:
-    :func:`~vl_anomaly.export.export_onnx`; VL-Anomaly: :func:`~vl_anomaly.export.export_vl_onnx`, which also
-    writes its CLIP image encoder and text tables). Returns the :class:`~vl_anomaly.export.ExportRecord`."""
-    from .export import export_onnx, export_vl_onnx
-
-    model = create_model(name, weights=weights)
-    if get_model_config(name)["family"] == "vl_anomaly":
-        return export_vl_onnx(model, out, tuple(input_size), name=name, weights=str(weights))
-    return export_onnx(model, out, tuple(input_size), name=name, weights=str(weights))

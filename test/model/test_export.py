@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vl_anomaly import create_model, create_predictor
-from vl_anomaly.backends import ExportedSegmenter, OnnxRuntimeRunner, load_exported
 from vl_anomaly.errors import ConfigError
-from vl_anomaly.export import ExportError, ExportRecord, export_onnx
+from vl_anomaly.deploy import (ExportError, ExportRecord, ExportedSegmenter, OnnxRuntimeRunner, export_onnx,
+                               load_exported)
 
 SIZE = (256, 512)
 TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
@@ -86,8 +86,7 @@ def test_export_command(tmp_path):
 
 
 def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_obstacle_image):
-    from vl_anomaly.backends import ExportedClipImages
-    from vl_anomaly.export import export_clip_image_onnx
+    from vl_anomaly.deploy import ExportedClipImages, export_clip_image_onnx
     from vl_anomaly.networks.clip_towers import FrozenCLIP
     from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings
 
@@ -135,8 +134,7 @@ def _assert_same_maps(exported, reference, image, names=VL_SCORES, atol=1e-4):
 def test_vl_model_export_reproduces_every_vl_score_on_a_real_image(tiny_vl_model, road_obstacle_image, tmp_path):
     """The per-frame VL graph (real ESPNetv2 + aligner, cached text as constants), the CLIP crop encoder and the
     text tables reproduce the PyTorch model's sources and fusion; no text tower runs on the export."""
-    from vl_anomaly.backends import ExportedVLModel
-    from vl_anomaly.export import export_vl_onnx, vl_companion_paths
+    from vl_anomaly.deploy import ExportedVLModel, export_vl_onnx, vl_companion_paths
     from vl_anomaly.factory import get_preprocess_cfg
     from vl_anomaly.pipeline import AnomalyPredictor
 
@@ -165,8 +163,7 @@ def test_vl_model_export_reproduces_every_vl_score_on_a_real_image(tiny_vl_model
 def test_vl_export_with_mask_queries(tiny_mask2former, tmp_path):
     """Mask2Former + both aligner layers: ``s_mask`` is exported and the text-guided score (with its mask term)
     matches PyTorch."""
-    from vl_anomaly.backends import ExportedVLModel
-    from vl_anomaly.export import export_vl_onnx
+    from vl_anomaly.deploy import ExportedVLModel, export_vl_onnx
     from vl_anomaly.networks.clip_towers import FrozenCLIP
     from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
     from vl_anomaly.vl_scores import text_guided_score
@@ -230,7 +227,7 @@ def test_export_command_for_a_vl_model(tiny_vl_model, tmp_path, capsys):
 def test_engine_parity_check_catches_a_graph_that_computes_something_else(tmp_path):
     """The check every TensorRT engine gets on load (against ONNX Runtime), exercised here with two ONNX Runtime
     runners: the same graph passes, a graph with other weights behind the same interface is refused."""
-    from vl_anomaly.backends import PARITY_RTOL, check_parity
+    from vl_anomaly.deploy import PARITY_RTOL, check_parity
 
     torch.manual_seed(0)
     export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "a.onnx", (64, 128))
@@ -276,14 +273,14 @@ def test_onnxruntime_tensorrt_provider_caches_its_engines(tmp_path, monkeypatch)
     fp32 — checked on the session arguments, since the provider itself cannot run on our machines."""
     import onnxruntime as ort
 
-    from vl_anomaly.export import _session
+    from vl_anomaly.deploy import ort_session
 
     seen = {}
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", lambda path, options, providers: seen.setdefault("p", providers))
     monkeypatch.setenv("VL_ANOMALY_CACHE_DIR", str(tmp_path))
-    providers = _session(tmp_path / "m.onnx")
+    providers = ort_session(tmp_path / "m.onnx")
     name, options = providers[0]
     assert name == "TensorrtExecutionProvider" and providers[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path / "ort_tensorrt")

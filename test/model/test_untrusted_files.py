@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from vl_anomaly import ConfigError, VLAnomalyError, WeightsError, create_model
-from vl_anomaly.export import ExportError, ExportRecord
+from vl_anomaly.deploy import ExportError, ExportRecord
 from vl_anomaly.fusion import FusionCfg
 from vl_anomaly.registry import add_model_config
 

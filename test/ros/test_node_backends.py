@@ -11,7 +11,7 @@ import torch
 from ros_harness import NODE_TEST_PARAMS, start_node
 from sensor_msgs.msg import Image
 from vl_anomaly import create_model, create_predictor, read_image
-from vl_anomaly.export import export_vl_onnx
+from vl_anomaly.deploy import export_vl_onnx
 from vl_anomaly_ros.conversions import array_to_image_msg, image_msg_to_array
 
 

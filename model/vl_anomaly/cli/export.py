@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import ExportRecord, vl_companion_paths
-from ..factory import export_model, get_preprocess_cfg
+from ..deploy import ExportRecord, export_model, vl_companion_paths
+from ..factory import create_model, get_preprocess_cfg
 from ..registry import list_models
 
 
@@ -42,17 +42,18 @@ def main(args: argparse.Namespace) -> int:
     size = get_preprocess_cfg(args.model, tuple(args.input_size) if args.input_size else None).input_size
     out = Path(args.output or f"outputs/export/{args.model}.{size[0]}x{size[1]}.onnx")
     if args.format == "tensorrt":
-        from ..tensorrt_backend import _import_tensorrt
+        from ..deploy.tensorrt_runner import import_tensorrt
 
-        _import_tensorrt()                                   # fail before minutes of export work
-    record = export_model(args.model, args.weights, out, tuple(size))
+        import_tensorrt()                                   # fail before minutes of export work
+    record = export_model(create_model(args.model, weights=args.weights), out, tuple(size), name=args.model,
+                          weights=str(args.weights))
     _describe(out, record)
     if record.kind == "vl_anomaly":
         clip_path, text_path = vl_companion_paths(out)
         _describe(clip_path, ExportRecord.load(clip_path))
         print(f"wrote {text_path.resolve()} (class_text, crop_text: {len(record.extras['class_names'])} classes)")
     if args.format == "tensorrt":
-        from ..backends import load_exported
+        from ..deploy import load_exported
 
         model = load_exported(out, "tensorrt", precision=args.precision)          # built, cached and checked
         print(f"TensorRT engine ({args.precision}): {model.runner.plan_path}")

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..backends import BACKENDS
+from ..deploy import BACKENDS
 from ..cpu import cpu_model, set_threads
 from ..errors import InvalidImageError, VLAnomalyError
 from ..factory import DEFAULT_MODEL, create_predictor

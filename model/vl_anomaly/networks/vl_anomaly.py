@@ -43,7 +43,7 @@ class VLAnomalyModel(nn.Module):
     """Args: segmenter (with ``feature_channels`` and ``has_mask_queries``), frozen CLIP, class names,
     prompt context length, attention heads, temperature, whether the segmenter is frozen."""
 
-    #: Marks the vision-language models (this one and its exported form, :class:`vl_anomaly.backends.ExportedVLModel`)
+    #: Marks the vision-language models (this one and its exported form, :class:`vl_anomaly.deploy.ExportedVLModel`)
     #: for :class:`~vl_anomaly.pipeline.AnomalyPredictor`.
     is_vision_language = True
 

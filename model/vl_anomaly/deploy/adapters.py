@@ -1,116 +1,20 @@
-"""Inference backends behind one interface, so :class:`~vl_anomaly.pipeline.AnomalyPredictor` (and with it
-``predict``, ``eval``, the node and replay) runs the same scores and post-processing on every backend.
-
-A backend runs an exported graph (:mod:`vl_anomaly.export`) through a **runner**, ``run({input: tensor}) →
-{output: tensor}``:
-
-* ``torch``: no runner, the PyTorch module itself.
-* ``onnxruntime`` (:class:`OnnxRuntimeRunner`): CPU here; ``TensorrtExecutionProvider`` / ``CUDAExecutionProvider``
-  are used when ONNX Runtime offers them (not on our machines).
-* ``tensorrt`` (:class:`vl_anomaly.tensorrt_backend.TensorRTRunner`): an engine built from the ONNX export and
-  cached; written against the TensorRT 10 API, **never run here** (no TensorRT, no GPU; docs/deployment.md).
-
-Three adapters give the runners the interfaces of the PyTorch models: :class:`ExportedSegmenter` (a segmenter,
-``pixel_values → SegmenterOutput``), :class:`ExportedClipImages` (CLIP's ``encode_images``) and
+"""Adapters that give exported graphs the PyTorch models' interfaces, so
+:class:`~vl_anomaly.pipeline.AnomalyPredictor` runs the same scores on every backend: :class:`ExportedSegmenter`
+(``pixel_values → SegmenterOutput``), :class:`ExportedClipImages` (CLIP's ``encode_images``) and
 :class:`ExportedVLModel` (``pixel_values → VLOutput`` plus the CLIP crop encoder and the text tables).
-:func:`load_exported` reads an export's record and builds the right one.
-"""
+:func:`load_exported` reads an export's record and builds the right one."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .export import ExportError, ExportRecord, _session, vl_companion_paths
-from .outputs import SegmenterOutput
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return backend
-
-
-class GraphRunner(Protocol):
-    """Runs one exported graph: named input tensors → named output tensors (on the runner's device)."""
-
-    path: Path
-    record: ExportRecord
-
-    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
-
-
-class OnnxRuntimeRunner:
-    """An exported graph in an ONNX Runtime session. ``threads``: intra-op threads (None: ONNX Runtime's
-    default); ``providers``: execution providers in order of preference (default: TensorRT, CUDA, CPU — those
-    installed)."""
-
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        self.path = Path(path)
-        self.record = ExportRecord.load(self.path)
-        self.session = _session(self.path, threads, providers)
-
-    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        feed = {name: value.detach().cpu().float().numpy() for name, value in inputs.items()}
-        values = self.session.run(self.record.outputs, feed)
-        return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self.record.outputs, values)}
-
-
-#: Relative tolerance of :func:`check_parity` per TensorRT precision (of ``max|reference output|``).
-PARITY_RTOL = {"fp32": 1e-3, "fp16": 5e-2}
-
-
-def check_parity(runner: GraphRunner, reference: GraphRunner, rtol: float, atol: float = 1e-4,
-                 seed: int = 0) -> dict[str, float]:
-    """Run ``runner`` and ``reference`` on one random input of the export's shape (batch 2 for the CLIP encoder)
-    and raise :class:`ExportError` when an output differs by more than ``atol + rtol · max|reference|``.
-    Returns the max abs difference per output. Guards against engines that build but compute something else
-    (TensorRT has miscompiled GridSample, which Mask2Former's pixel decoder uses)."""
-    record = reference.record
-    name = record.inputs[0]
-    size = tuple(record.input_size)
-    shape = (2, 3, *size) if record.kind == "clip_image" else (1, 3, *size)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-    got, expected = runner.run({name: x}), reference.run({name: x})
-    diffs, bad = {}, {}
-    for output in record.outputs:
-        a, b = got[output].float().cpu(), expected[output].float().cpu()
-        if a.shape != b.shape:
-            raise ExportError(f"{runner.path.name}: output {output} has shape {tuple(a.shape)}, reference "
-                              f"{tuple(b.shape)}")
-        diffs[output] = float((a - b).abs().max())
-        limit = atol + rtol * float(b.abs().max())
-        if not diffs[output] <= limit:
-            bad[output] = (diffs[output], limit)
-    if bad:
-        raise ExportError(f"{runner.path.name} on {type(runner).__name__} differs from {type(reference).__name__}: "
-                          + ", ".join(f"{o} max abs diff {d:.3g} > {lim:.3g}" for o, (d, lim) in bad.items())
-                          + ". Do not deploy this engine; try precision fp32 or another TensorRT version")
-    return diffs
-
-
-def make_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp16",
-                engine_path: str | Path | None = None, verify: bool = True) -> GraphRunner:
-    """The runner of ``backend`` (``onnxruntime`` or ``tensorrt``) for the ONNX export at ``path``. A TensorRT
-    engine is checked against ONNX Runtime on the CPU on load (``verify``; :func:`check_parity`)."""
-    check_backend(backend)
-    if backend == "onnxruntime":
-        return OnnxRuntimeRunner(path, threads)
-    if backend == "tensorrt":
-        from .tensorrt_backend import TensorRTRunner
-
-        runner = TensorRTRunner(path, precision=precision, engine_path=engine_path)
-        if verify:
-            check_parity(runner, OnnxRuntimeRunner(path, threads, ["CPUExecutionProvider"]), PARITY_RTOL[precision])
-        return runner
-    raise ConfigError("backend 'torch' runs the PyTorch module, not an exported graph")
+from ..errors import ConfigError
+from ..outputs import SegmenterOutput
+from .records import ExportError, ExportRecord, vl_companion_paths
+from .runners import GraphRunner, make_runner
 
 
 class ExportedSegmenter(nn.Module):
@@ -162,7 +66,7 @@ class ExportedClipImages:
 
 
 class ExportedVLModel(ExportedSegmenter):
-    """An exported VL-Anomaly model (:func:`vl_anomaly.export.export_vl_onnx`): ``forward`` gives a
+    """An exported VL-Anomaly model (:func:`vl_anomaly.deploy.export.export_vl_onnx`): ``forward`` gives a
     :class:`~vl_anomaly.networks.vl_anomaly.VLOutput` like the PyTorch model; ``clip`` is the exported CLIP image
     encoder; the text tables, score sources and fusion come from the export."""
 
@@ -172,8 +76,8 @@ class ExportedVLModel(ExportedSegmenter):
         super().__init__(runner)
         from safetensors.torch import load_file
 
-        from .fusion import FusionCfg
-        from .pretrained import sha256_file
+        from ..fusion import FusionCfg
+        from ..pretrained import sha256_file
 
         if self.record.kind != "vl_anomaly":
             raise ExportError(f"{self.path} is a {self.record.kind} export, not a VL-Anomaly model")
@@ -197,7 +101,7 @@ class ExportedVLModel(ExportedSegmenter):
         return self.crop_text
 
     def forward(self, pixel_values: torch.Tensor):
-        from .networks.vl_anomaly import VLOutput
+        from ..networks.vl_anomaly import VLOutput
 
         out = self._run(pixel_values)
         s_pix, s_mask = out.pop("s_pix"), out.pop("s_mask", None)

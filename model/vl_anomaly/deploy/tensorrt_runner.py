@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, VLAnomalyError
-from .export import ExportRecord
+from ..errors import ConfigError, VLAnomalyError
+from .records import ExportRecord
 
 PRECISIONS = ("fp32", "fp16")
 
 
-def _import_tensorrt():
+def import_tensorrt():
+    """The ``tensorrt`` module, or a :class:`ConfigError` saying what is missing (TensorRT, a CUDA GPU)."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -73,7 +74,7 @@ class TensorRTRunner:
                  engine_path: str | Path | None = None, workspace_mb: int = 1024, allow_build: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         self.trt = trt
         self.path = self.onnx_path = Path(onnx_path)
         self.record = ExportRecord.load(self.onnx_path)
@@ -82,7 +83,7 @@ class TensorRTRunner:
         if engine_path is not None:
             plan_path = Path(engine_path)
         else:
-            from .paths import cache_dir as default_cache
+            from ..paths import cache_dir as default_cache
 
             folder = Path(cache_dir) if cache_dir else default_cache() / "tensorrt"
             key = engine_key(self.record, trt.__version__, precision, torch.cuda.get_device_name(),

@@ -18,11 +18,8 @@ their shapes, versions, the SHA-256 of the ONNX file and the check's max abs dif
   file of the two text-embedding tables, so no text tower runs on the target.
 """
 
-from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,95 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import VLAnomalyError
-from .outputs import SegmenterOutput
-from .pretrained import sha256_file
-
-OUTPUT_FIELDS = ("logits", "pixel_features", "void_logits", "class_queries_logits", "masks_queries_logits",
-                 "query_embeddings")
-VL_OUTPUTS = ("s_pix", "s_mask")
-OPSET = 18
-KINDS = ("segmenter", "clip_image", "vl_anomaly")
-
-
-class ExportError(VLAnomalyError):
-    """An export that failed or does not match PyTorch."""
-
-
-@dataclass
-class ExportRecord:
-    """The sidecar of an exported graph. ``kind``: one of :data:`KINDS`; ``extras``: kind-specific (for
-    ``vl_anomaly``: the companion files, class names, score sources and fusion config)."""
-
-    model: str
-    weights: str
-    input_size: tuple[int, int]
-    outputs: list[str]
-    output_shapes: dict[str, list[int]]
-    feature_stride: int
-    has_mask_queries: bool
-    opset: int
-    sha256: str
-    max_abs_diff: dict[str, float]
-    torch_version: str
-    onnxruntime_version: str
-    date: str
-    kind: str = "segmenter"
-    inputs: list[str] = field(default_factory=lambda: ["pixel_values"])
-    extras: dict = field(default_factory=dict)
-
-    def save(self, onnx_path: Path) -> Path:
-        path = Path(f"{onnx_path}.json")
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, onnx_path: Path) -> "ExportRecord":
-        if not Path(onnx_path).is_file():
-            raise ExportError(f"ONNX model {onnx_path} does not exist")
-        path = Path(f"{onnx_path}.json")
-        if not path.is_file():
-            raise ExportError(f"{onnx_path} has no sidecar {path.name}; export it with `vl-anomaly export`")
-        try:
-            data = json.loads(path.read_text())
-            data["input_size"] = tuple(data["input_size"])
-            record = cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ExportError(f"sidecar {path} is not a vl-anomaly export record ({exc}); re-export") from exc
-        if record.kind not in KINDS:
-            raise ExportError(f"sidecar {path} has unknown kind {record.kind!r} (expected one of {KINDS})")
-        return record
-
-
-def _session(path: Path, threads: int | None = None, providers: list[str] | None = None):
-    """An ONNX Runtime session; ``providers`` default: TensorRT, CUDA, CPU — those installed, in that order.
-
-    ONNX Runtime's TensorRT provider (never available on our machines, so never run here) keeps its engines in
-    ``$VL_ANOMALY_CACHE_DIR/ort_tensorrt`` (``trt_engine_cache_enable``), in fp32: this backend promises the
-    export's numbers; fp16 engines are the ``tensorrt`` backend's job."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    preferred = providers or ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    available = [p for p in preferred if p in ort.get_available_providers()]
-    if not available:
-        raise ExportError(f"none of the ONNX Runtime providers {preferred} is available here "
-                          f"(available: {ort.get_available_providers()})")
-    chosen: list = list(available)
-    if "TensorrtExecutionProvider" in chosen:
-        from .paths import cache_dir
-
-        engines = cache_dir() / "ort_tensorrt"
-        engines.mkdir(parents=True, exist_ok=True)
-        chosen[chosen.index("TensorrtExecutionProvider")] = (
-            "TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
-                                          "trt_fp16_enable": False})
-    try:
-        return ort.InferenceSession(str(path), options, providers=chosen)
-    except Exception as exc:                                                   # noqa: BLE001
-        raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+from ..outputs import SegmenterOutput
+from ..pretrained import sha256_file
+from .records import OPSET, OUTPUT_FIELDS, ExportError, ExportRecord, vl_companion_paths
+from .runners import ort_session
 
 
 def _export_checked(module: nn.Module, inputs: list[torch.Tensor], out: Path, input_name: str,
@@ -135,7 +47,7 @@ def _export_checked(module: nn.Module, inputs: list[torch.Tensor], out: Path, in
                           input_names=[input_name], output_names=output_names, dynamic_shapes=dynamic_shapes)
     except Exception as exc:                                                   # noqa: BLE001
         raise ExportError(f"ONNX export of {name} failed: {exc}") from exc
-    session = _session(out, providers=["CPUExecutionProvider"])
+    session = ort_session(out, providers=["CPUExecutionProvider"])
     diffs = {f: 0.0 for f in output_names}
     scales = {f: 0.0 for f in output_names}
     shapes: dict[str, list[int]] = {}
@@ -225,13 +137,6 @@ def export_clip_image_onnx(clip, out: str | Path, max_batch: int = 64, atol: flo
                    extras={"max_batch": int(max(2, max_batch))})
 
 
-def vl_companion_paths(out: str | Path) -> tuple[Path, Path]:
-    """The CLIP image graph and text-embedding file exported next to a VL graph ``<stem>.onnx``."""
-    out = Path(out)
-    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
-    return out.with_name(f"{stem}.clip_image.onnx"), out.with_name(f"{stem}.text.safetensors")
-
-
 def export_vl_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], name: str = "",
                    weights: str = "", atol: float = 1e-3, rtol: float = 1e-5, check_inputs: int = 2,
                    seed: int = 0) -> ExportRecord:
@@ -280,3 +185,12 @@ def export_vl_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int
                    feature_stride=int(reference.base.feature_stride),
                    has_mask_queries=bool(reference.base.has_mask_queries), max_abs_diff=diffs, kind="vl_anomaly",
                    extras=extras)
+
+
+def export_model(model: nn.Module, out: str | Path, input_size: tuple[int, int], name: str = "",
+                 weights: str = "") -> ExportRecord:
+    """Export any registered model: VL-Anomaly models with :func:`export_vl_onnx` (plus their CLIP image encoder
+    and text tables), segmenters with :func:`export_onnx`. Returns the record of the main graph."""
+    if getattr(model, "is_vision_language", False):
+        return export_vl_onnx(model, out, tuple(input_size), name=name, weights=str(weights))
+    return export_onnx(model, out, tuple(input_size), name=name, weights=str(weights))

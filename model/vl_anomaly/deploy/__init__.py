@@ -1,0 +1,25 @@
+"""Deployment: ONNX export checked against PyTorch, the export cache, the runners that execute exported graphs
+(ONNX Runtime, TensorRT) and the adapters that give them the PyTorch models' interfaces.
+
+| module | holds |
+|---|---|
+| ``records.py`` | :class:`ExportRecord` (the ``.onnx.json`` sidecar), :class:`ExportError`, companion file names |
+| ``export.py`` | :func:`export_model` → ``export_onnx`` / ``export_vl_onnx`` / ``export_clip_image_onnx`` |
+| ``runners.py`` | :data:`BACKENDS`, :class:`OnnxRuntimeRunner`, :func:`make_runner`, :func:`check_parity` |
+| ``tensorrt_runner.py`` | :class:`TensorRTRunner` (engine build, cache, run; never run on our machines) |
+| ``adapters.py`` | :class:`ExportedSegmenter`, :class:`ExportedClipImages`, :class:`ExportedVLModel`, :func:`load_exported` |
+| ``cache.py`` | :func:`load_deployed_model`: the one loader used by :func:`vl_anomaly.create_predictor` |
+"""
+
+from .adapters import ExportedClipImages, ExportedSegmenter, ExportedVLModel, load_exported
+from .cache import load_deployed_model, weights_tag
+from .export import export_clip_image_onnx, export_model, export_onnx, export_vl_onnx
+from .records import ExportError, ExportRecord, vl_companion_paths
+from .runners import BACKENDS, PARITY_RTOL, OnnxRuntimeRunner, check_backend, check_parity, make_runner, ort_session
+
+__all__ = [
+    "BACKENDS", "ExportError", "ExportRecord", "ExportedClipImages", "ExportedSegmenter", "ExportedVLModel",
+    "OnnxRuntimeRunner", "PARITY_RTOL", "check_backend", "check_parity", "export_clip_image_onnx", "export_model",
+    "export_onnx", "export_vl_onnx", "load_deployed_model", "load_exported", "make_runner", "ort_session",
+    "vl_companion_paths", "weights_tag",
+]
