@@ -13,7 +13,8 @@ from ros_harness import NODE_TEST_PARAMS
 from vl_anomaly import create_predictor
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
-from vl_anomaly_ros.bags import BagError, BagFile, image_to_array, write_dataset_bag
+from vl_anomaly_ros.bags import BagError, BagFile, write_dataset_bag
+from vl_anomaly_ros.conversions import image_msg_to_array
 from vl_anomaly_ros.replay import replay
 from vl_anomaly_ros.replay_eval import replay_eval
 
@@ -82,7 +83,7 @@ def test_replay_compressed_bag_any_topic_recorded_pace_with_drops(dataset, tmp_p
     with BagFile(tmp_path / "out") as out:                            # the output bag is a regular mcap bag
         scores = [m for _, _, m in out.messages(["/vl_anomaly_replay_t2/anomaly_score"])]
     assert len(scores) == c["processed"]
-    assert all(image_to_array(s).dtype == np.float32 and np.isfinite(image_to_array(s)).all() for s in scores)
+    assert all(image_msg_to_array(s).dtype == np.float32 and np.isfinite(image_msg_to_array(s)).all() for s in scores)
 
 
 def test_truncated_bag_replays_only_with_recover(dataset, input_bag, tmp_path):
@@ -187,18 +188,22 @@ def test_output_disk_filling_up_gives_a_clear_error_and_a_readable_bag(input_bag
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_ctrl_c_closes_the_output_bag(input_bag, tmp_path):
+def test_ctrl_c_closes_the_output_bag(input_bag, tmp_path, probe):
+    """Ctrl-C in the middle of a replay: exit 130, the output bag closed (opens without --recover) with the outputs
+    recorded so far. The interrupt waits for the node's own account of two processed frames (its /diagnostics), not
+    for a fixed time: under load the first frame can take longer than any fixed sleep (a fresh-clone run beside
+    other work recorded no output within 4 s)."""
     import signal
-    import time
 
     out = tmp_path / "out"
     proc = _vl_anomaly(*_replay_args(input_bag, out, "vl_anomaly_replay_int"), "--pace", "recorded",
-                       "--rate", "0.05")                 # 10 frames at 10 Hz played over 20 s
-    node_log = tmp_path / "out.node.log"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and "active:" not in (node_log.read_text() if node_log.exists() else ""):
-        time.sleep(0.2)
-    time.sleep(4.0)                                         # a few of the 10 frames
+                       "--rate", "0.025")                # 10 frames at 10 Hz played over 40 s
+    try:
+        probe.wait_diagnostics("vl_anomaly_replay_int", lambda v: int(v["processed"]) >= 2, 240.0)
+    except AssertionError:
+        proc.kill()
+        raise AssertionError("the replay's node never processed two frames:\n" + proc.communicate()[0])
+    assert proc.poll() is None, "the replay ended before the interrupt: " + proc.communicate()[0]
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text
