@@ -260,7 +260,16 @@ def replay(input_bag: Path, output_bag: Path, node_name: str = "vl_anomaly", ima
     info_pubs = {t: node.create_publisher(CameraInfo, t, qos) for t in info_topics}
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    stop_spinning = threading.Event()
+
+    def spin() -> None:
+        # Our own loop, so that the thread has returned before the executor is shut down: rclpy's
+        # Executor.shutdown destroys its guard condition without waiting for a spin in progress, which then raised
+        # InvalidHandle in this thread (a traceback on Ctrl-C under load).
+        while not stop_spinning.is_set() and context.ok():
+            executor.spin_once(timeout_sec=0.1)
+
+    spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     published: dict[int, float] = {}
     notes: list[str] = []
@@ -328,12 +337,17 @@ def replay(input_bag: Path, output_bag: Path, node_name: str = "vl_anomaly", ima
             obstacle_times = dict(recorder.stamps["obstacles"])
             outputs = dict(recorder.counts)
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        stop_spinning.set()                      # the executor thread ends (bounded) before what it uses goes away
+        spinner.join(timeout=10.0)
         close_problem = recorder.close()
         if close_problem:
             notes.append(close_problem)
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        if spinner.is_alive():
+            notes.append("the replay's ROS executor thread did not stop within 10 s; its node is left to the process exit")
+        else:
+            executor.shutdown(timeout_sec=2.0)
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
         bag.close()
         if process is not None:
             process.send_signal(signal.SIGINT)
