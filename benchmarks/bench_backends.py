@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-os.environ.setdefault("VL_ANOMALY_CLIP_WEIGHTS", "none")        # no CLIP weights can be had here (speed only)
 
 from vl_anomaly import create_model, read_image                 # noqa: E402
 from vl_anomaly.deploy import BACKENDS, load_exported         # noqa: E402
 from vl_anomaly.cpu import cpu_model, set_threads               # noqa: E402
+from vl_anomaly.defaults import DEFAULT_SCORE                    # noqa: E402
 from vl_anomaly.deploy import export_onnx, export_vl_onnx       # noqa: E402
-from vl_anomaly.factory import get_preprocess_cfg                # noqa: E402
+from vl_anomaly.factory import default_scoring, get_preprocess_cfg                # noqa: E402
 from vl_anomaly.io import write_json                             # noqa: E402
 from vl_anomaly.paths import shared_dir                          # noqa: E402
 from vl_anomaly.pipeline import AnomalyPredictor                 # noqa: E402
@@ -89,10 +89,10 @@ def main() -> int:
     for name in args.models:
         weights = MODELS.get(name, "default")
         is_vl = get_model_config(name)["family"] == "vl_anomaly"
-        score = "vl_fused" if is_vl else "msp"
+        score = "fused" if is_vl else DEFAULT_SCORE
         cfg = get_preprocess_cfg(name)
         torch.manual_seed(0)
-        model = create_model(name, weights=weights)
+        model = create_model(name, weights=weights, clip_weights="none")   # no CLIP weights here (speed only)
         path = scratch / f"{name}.onnx"
         start = time.perf_counter()
         export = export_vl_onnx if is_vl else export_onnx
@@ -102,7 +102,8 @@ def main() -> int:
         for backend in args.backends:
             start = time.perf_counter()                                        # TensorRT: engine build + check
             network = model if backend == "torch" else load_exported(path, backend, args.threads, args.precision)
-            predictors[backend] = AnomalyPredictor(network, cfg, score=score, device=args.device, name=name)
+            predictors[backend] = AnomalyPredictor(network, cfg, score=score, device=args.device, name=name,
+                                                 scoring=default_scoring(name))
             load_s[backend] = time.perf_counter() - start
         timers = {}
         if is_vl:

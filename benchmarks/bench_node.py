@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 from vl_anomaly import create_predictor, read_image  # noqa: E402
 from vl_anomaly.deploy import BACKENDS  # noqa: E402
 from vl_anomaly.cpu import cpu_model, set_threads  # noqa: E402
+from vl_anomaly.defaults import DEFAULT_MODEL  # noqa: E402
 from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import shared_dir  # noqa: E402
 from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
@@ -105,7 +106,7 @@ class Probe:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="espnetv2_s2.0_cityscapes")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", choices=BACKENDS, default="torch",

@@ -30,7 +30,8 @@ from vl_anomaly.networks.clip_towers import FrozenCLIP
 from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
 from vl_anomaly.paths import shared_dir
 from vl_anomaly.preprocess import preprocess
-from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings, text_guided_score
+from vl_anomaly.networks.clip_towers import template_text_embeddings
+from vl_anomaly.vl_scores import clip_crop_score, text_guided_score
 
 TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
@@ -81,7 +82,7 @@ def main() -> int:
             base_ms, _ = timed(lambda: predictor.model(x), args.repeats)
             vl_ms, out = timed(lambda: model(x), args.repeats)
             score_ms, _ = timed(lambda: text_guided_score(out, image.shape[:2]), args.repeats)
-            hand = handcrafted_text_embeddings(clip, ["road", "car", "person"])
+            hand = template_text_embeddings(clip, ["road", "car", "person"])
             crops = {}
             for cap in args.caps:
                 detector = synthetic_candidates(image.shape[:2], cap)

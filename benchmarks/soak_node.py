@@ -40,6 +40,7 @@ from tqdm import tqdm  # noqa: E402
 
 from vl_anomaly import read_image  # noqa: E402
 from vl_anomaly.cpu import cpu_model  # noqa: E402
+from vl_anomaly.defaults import DEFAULT_MODEL  # noqa: E402
 from vl_anomaly.io import write_json  # noqa: E402
 from vl_anomaly.paths import anomaly_val_dir  # noqa: E402
 from vl_anomaly_msgs.msg import ObstacleArray  # noqa: E402
@@ -99,7 +100,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--input-size", type=int, nargs=2, default=(64, 128), metavar=("H", "W"),
                         help="network input of the node (small: the soak is about the node, not the network)")
-    parser.add_argument("--model", default="espnetv2_s2.0_cityscapes")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=2, help="frames published ahead of their answers")
     parser.add_argument("--warmup", type=int, default=1000, help="frames before the RSS reference sample")

@@ -4,7 +4,7 @@ Uses the score maps of ``vl-anomaly eval`` runs (docs/results.md commands) in ``
 
 * **tuned on the set itself** (the paper's practice, an oracle: the weights saw the evaluation set);
 * **leave-one-dataset-out** (ours, honest): calibrated on the other three shared sets, evaluated on this one;
-* **shipped**: calibrated on all four sets, written to ``config/fusion/<model>.yaml`` (its record says so; any
+* **shipped**: calibrated on all four sets, written to ``model/vl_anomaly/fusion_configs/<model>.yaml`` (its record says so; any
   number on these four sets with it has seen them);
 * the best and the default (MSP) single scores, from the same evaluation;
 * a matrix: calibrated on one set, evaluated on each set (the diagonal is per-set tuning).
@@ -41,7 +41,7 @@ def study(eval_dir: Path, step: float, pixels: int) -> dict:
     shipped = fit_fusion(samples, SOURCES, step, model=model)
     shipped.record["note"] = ("calibrated on all four shared validation sets: numbers on these sets with this "
                               "config have seen them")
-    shipped.save(REPO / "config" / "fusion" / f"{model}.yaml")
+    shipped.save(REPO / "model" / "vl_anomaly" / "fusion_configs" / f"{model}.yaml")
     out["shipped_weights"] = shipped.weights
     tuned_cfgs = {name: fit_fusion({name: samples[name]}, SOURCES, step, model=model) for name in datasets}
     # Calibrate on one set, evaluate on every set (the diagonal is per-set tuning).

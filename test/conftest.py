@@ -88,7 +88,7 @@ def tiny_vl_config_dir(tmp_path_factory) -> Path:
 
     cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
     cfg.pop("name")
-    cfg["clip"] = {"name": "tiny", "pretrained": None, "config": TINY_CLIP}
+    cfg["clip"] = {"name": "tiny", "weights": None, "config": TINY_CLIP}
     cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
     folder = tmp_path_factory.mktemp("vl_cfg")
     (folder / "vl_tiny_test.yaml").write_text(yaml.safe_dump(cfg))

@@ -111,6 +111,27 @@ class FusionCfg:
             raise ConfigError(f"fusion config {path}: {exc}") from exc
 
 
+FUSION_CONFIG_DIR = Path(__file__).parent / "fusion_configs"
+
+
+def list_fusion_configs() -> list[str]:
+    """Names of the shipped fusion configs (``vl_anomaly/fusion_configs/<name>.yaml``, named after their model)."""
+    return sorted(p.stem for p in FUSION_CONFIG_DIR.glob("*.yaml"))
+
+
+def load_fusion(spec: "str | Path | FusionCfg") -> FusionCfg:
+    """A fusion config from a :class:`FusionCfg`, a YAML path, or the name of a shipped config."""
+    if isinstance(spec, FusionCfg):
+        return spec
+    shipped = FUSION_CONFIG_DIR / f"{spec}.yaml"
+    if not str(spec).endswith((".yaml", ".yml")) and shipped.is_file():
+        return FusionCfg.load(shipped)
+    if not Path(spec).is_file():
+        raise ConfigError(f"fusion config {spec!r} is neither a file nor a shipped config "
+                          f"({', '.join(list_fusion_configs())})")
+    return FusionCfg.load(spec)
+
+
 def fuse(maps: dict[str, np.ndarray], cfg: FusionCfg) -> np.ndarray:
     """Fused score ``(H, W)`` float32 in [0, 1] from raw source maps ``{source: (H, W)}``."""
     missing = [s for s in cfg.sources if s not in maps]

@@ -1,4 +1,5 @@
-"""The one output contract every segmenter backend fulfils.
+"""The output contracts: :class:`SegmenterOutput`, which every segmenter backend fulfils, and :class:`VLOutput`, which
+the vision-language models add on top of it.
 
 Shapes use B = batch, K = number of known classes (19 Cityscapes train IDs), Q = number of mask queries,
 H × W = the *network input* resolution (after pre-processing, e.g. 512 × 1024), s = feature stride.
@@ -45,3 +46,20 @@ class SegmenterOutput:
     def has_mask_queries(self) -> bool:
         """True for mask-query models (Mask2Former), whose outputs support the RbA and Mask2Anomaly scores."""
         return self.class_queries_logits is not None and self.masks_queries_logits is not None
+
+
+@dataclass
+class VLOutput:
+    """What a vision-language model (:class:`~vl_anomaly.networks.vl_anomaly.VLAnomalyModel` or its export) returns.
+
+    Attributes:
+        base: the segmenter's output (logits at input resolution, features, queries).
+        s_pix: ``(B, K, h, w)`` pixel–text logits (R5) on the feature grid (stride ``base.feature_stride``).
+        s_mask: ``(B, N, K + 1)`` query–text logits (R8, last column no-object), or None without mask queries.
+        text: ``(K, D)`` the class text embeddings used.
+    """
+
+    base: SegmenterOutput
+    s_pix: torch.Tensor
+    s_mask: torch.Tensor | None
+    text: torch.Tensor

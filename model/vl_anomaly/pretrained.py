@@ -90,6 +90,81 @@ _PRETRAINED: dict[str, PretrainedCfg] = {
 }
 
 
+@dataclass(frozen=True)
+class ClipWeightsCfg:
+    """Where a frozen CLIP's weights come from (the CLIP counterpart of :class:`PretrainedCfg`).
+
+    Attributes:
+        open_clip_name: the architecture open_clip must build for this file. OpenAI's CLIP uses QuickGELU:
+            open_clip's ``openai`` tag switches it on by itself, a local file needs the ``-quickgelu`` name.
+        hub_tag: open_clip's pretrained tag, used when the file is not found locally (needs a model hub).
+        filename, sha256: the local file searched in the weight directories and its SHA-256.
+        license, origin: provenance.
+    """
+
+    open_clip_name: str
+    hub_tag: str
+    filename: str
+    sha256: str
+    license: str = ""
+    origin: str = ""
+
+
+_CLIP_WEIGHTS: dict[str, ClipWeightsCfg] = {
+    "openai_vit_b16": ClipWeightsCfg(
+        open_clip_name="ViT-B-16-quickgelu", hub_tag="openai", filename="ViT-B-16.pt",
+        sha256="5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", license="MIT",
+        origin="openai/CLIP: openaipublic.azureedge.net/clip/models/<sha256>/ViT-B-16.pt (openai/CLIP and "
+               "open_clip verify the file against the SHA-256 in that path)"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedClipWeights:
+    """CLIP weights chosen for one model: ``source`` (a verified file, an open_clip hub tag, or None = random),
+    ``open_clip_name`` (None: the config's name) and ``tag`` (identity for caches: file SHA-256 prefix, hub tag,
+    or ``random``)."""
+
+    source: str | None
+    open_clip_name: str | None
+    tag: str
+
+
+def resolve_clip_weights(record: str | None, choice: str | Path | None = "default") -> ResolvedClipWeights:
+    """The CLIP weights of a VL model config whose ``clip.weights`` names ``record`` (or None).
+
+    ``choice``: ``"default"`` → the record's file from the weight directories (SHA-256 verified), else its hub
+    tag (open_clip downloads it; needs a model hub); no record → random. ``"none"``/None → random. A path → that
+    file (it must exist; the record's SHA-256 selects the record's architecture name)."""
+    if choice is None or str(choice).lower() == "none":
+        return ResolvedClipWeights(None, None, "random")
+    cfg = None
+    if record is not None:
+        if record not in _CLIP_WEIGHTS:
+            raise WeightsError(f"unknown CLIP weights {record!r}; registered: {', '.join(sorted(_CLIP_WEIGHTS))}")
+        cfg = _CLIP_WEIGHTS[record]
+    if str(choice) == "default":
+        if cfg is None:
+            return ResolvedClipWeights(None, None, "random")
+        for directory in paths.weights_dir_candidates():
+            candidate = directory / cfg.filename
+            if candidate.is_file():
+                verify_sha256(candidate, cfg.sha256)
+                return ResolvedClipWeights(str(candidate), cfg.open_clip_name, cfg.sha256[:12])
+        return ResolvedClipWeights(cfg.hub_tag, None, cfg.hub_tag)
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"CLIP checkpoint {path} does not exist")
+    digest = sha256_file(path)
+    name = cfg.open_clip_name if cfg is not None and digest == cfg.sha256 else None
+    return ResolvedClipWeights(str(path), name, digest[:12])
+
+
+def list_clip_weights() -> list[str]:
+    """Names of the registered CLIP weight records."""
+    return sorted(_CLIP_WEIGHTS)
+
+
 def list_pretrained() -> list[str]:
     """Names of models that have a weight record."""
     return sorted(_PRETRAINED)

@@ -7,6 +7,10 @@ A config holds architecture numbers only::
     classes: cityscapes     # class list name (vl_anomaly.constants.CLASS_LISTS)
     arch: {...}             # keyword arguments of the family's builder, one-to-one
 
+Composite families (``vl_anomaly``) also name their parts: ``segmenter`` (a registered model) and ``clip``
+(open_clip ``name``, a CLIP weight record ``weights`` from :mod:`vl_anomaly.pretrained`, or a ``config`` dict),
+plus the scoring settings ``sources`` and ``fusion`` (:class:`vl_anomaly.scores.ScoringCfg`).
+
 Weights live in a separate table (:mod:`vl_anomaly.pretrained`).
 """
 
@@ -92,13 +96,16 @@ def get_model_config(name: str) -> dict:
     return copy.deepcopy(_MODEL_CONFIGS[name])
 
 
-def build_network(cfg: dict) -> nn.Module:
-    """Instantiate the network of a config with random weights."""
+def build_network(cfg: dict, **components) -> nn.Module:
+    """Instantiate the network of a config with random weights: ``builder(**cfg["arch"], **components)``.
+
+    ``components`` are the already-built parts a composite config names (``segmenter``, ``clip`` and the
+    ``class_names`` its prompts describe; :func:`vl_anomaly.factory.create_model` builds them)."""
     family = cfg["family"]
     if family not in _FAMILY_BUILDERS:
         raise ConfigError(f"model {cfg.get('name')!r}: unknown family {family!r}; "
                           f"known: {sorted(_FAMILY_BUILDERS)}")
-    return _FAMILY_BUILDERS[family](**copy.deepcopy(cfg["arch"]))
+    return _FAMILY_BUILDERS[family](**copy.deepcopy(cfg["arch"]), **components)
 
 
 add_model_config(_CONFIG_DIR)

@@ -1,8 +1,12 @@
-"""Per-pixel anomaly scores from a :class:`~vl_anomaly.outputs.SegmenterOutput`. Higher = more anomalous.
+"""Per-pixel anomaly scores. Higher = more anomalous. One name picks a score everywhere (``--score``, the node's
+``score`` parameter, evaluation, fusion sources): see :data:`SCORES`.
 
-Every score is a small function ``(B, …) → (B, H, W)`` float32 at the network input resolution. ``ℓ`` are the
-K class logits, ``p = softmax(ℓ)``. One name picks the score everywhere (``--score``, the node's ``score``
-parameter, evaluation): see :data:`SCORES`.
+Every registered score is a :class:`ScoreSpec` whose ``fn`` maps one :class:`ScoreContext` (the model output, the
+image, the model and the :class:`ScoringCfg`) to a ``(B, h, w)`` tensor; :meth:`ScoreContext.map` brings it to
+the image resolution (bilinear, ``align_corners=False``) — that is the score map. The segmenter scores below are
+small functions of the logits at the network input resolution (``ℓ`` the K class logits, ``p = softmax(ℓ)``);
+the vision-language sources are in :mod:`vl_anomaly.vl_scores`; ``fused`` is R12 (:mod:`vl_anomaly.fusion`) of
+any registered scores.
 
 | name           | formula                                       | range                     |
 |----------------|-----------------------------------------------|---------------------------|
@@ -12,19 +16,27 @@ parameter, evaluation): see :data:`SCORES`.
 | ``energy``     | ``−T · log Σ_k exp(ℓ_k / T)`` (T = 1)         | ℝ                         |
 | ``rba``        | ``−Σ_k tanh(Σ_q c_q[k] · σ(m_q))``            | [−K, K] (mask-query only) |
 | ``mask2anomaly`` | ``1 − max_k Σ_q softmax(c_q)[k] · σ(m_q)``  | (−∞, 1], [0, 1] when masks do not overlap (mask-query only) |
+| ``text_guided`` | R11 (docs/method.md)                         | [0, 1] (vl_anomaly models)  |
+| ``clip_crops`` | CLIP image–text anomaly of detector candidates | [0, 1] (vl_anomaly models)  |
+| ``fused``      | R12: ``Σ_i w_i · clip((s_i − lo_i)/(hi_i − lo_i), 0, 1)`` | [0, 1] (needs a fusion config) |
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .errors import ConfigError
+from .defaults import DEFAULT_SCORE
+from .errors import ConfigError, VLAnomalyError
+from .fusion import FusionCfg, fuse
 from .networks.mask2former import upsample_masks
-from .outputs import SegmenterOutput
+from .outputs import SegmenterOutput, VLOutput
+from .vl_scores import clip_crop_score, text_guided_score
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
@@ -79,71 +91,185 @@ def mask2anomaly(semantic: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ScoreSpec:
-    """A registered score: how to compute it from a segmenter output and what its values mean.
+class ScoringCfg:
+    """How the composite scores are formed (one object, passed to :class:`~vl_anomaly.pipeline.AnomalyPredictor`).
 
     Attributes:
-        fn: ``SegmenterOutput → (B, H, W)``.
+        detector: the score whose candidate regions (above its default threshold) the CLIP crop source encodes.
+        max_crops: cap on CLIP crops per frame (largest regions first).
+        fusion: the weights and normalisations of the ``fused`` score, or None (then ``fused`` is unavailable).
+    """
+
+    detector: str = DEFAULT_SCORE
+    max_crops: int = 20
+    fusion: FusionCfg | None = None
+
+    def __post_init__(self) -> None:
+        if self.detector not in SCORES or SCORES[self.detector].needs_vl or SCORES[self.detector].needs_fusion:
+            raise ConfigError(f"the CLIP crop detector must be a segmenter score (e.g. {', '.join(pixel_scores())}), "
+                              f"got {self.detector!r}")
+        if int(self.max_crops) < 1:
+            raise ConfigError(f"max_crops must be ≥ 1, got {self.max_crops}")
+        if self.fusion is not None:
+            for source in self.fusion.sources:
+                get_score(source)
+                if SCORES[source].needs_fusion:
+                    raise ConfigError("a fusion source cannot itself be the fused score")
+
+    @classmethod
+    def from_model_config(cls, cfg: dict) -> "ScoringCfg":
+        """The ``sources`` (``detector``, ``max_crops``) and ``fusion`` sections of a registered model config."""
+        sources = dict(cfg.get("sources") or {})
+        unknown = set(sources) - {"detector", "max_crops"}
+        if unknown:
+            raise ConfigError(f"model {cfg.get('name')!r}: unknown sources settings {sorted(unknown)}")
+        fusion = FusionCfg.from_dict(cfg["fusion"]) if cfg.get("fusion") else None
+        return cls(detector=str(sources.get("detector", DEFAULT_SCORE)), max_crops=int(sources.get("max_crops", 20)),
+                   fusion=fusion)
+
+    def with_fusion(self, fusion: FusionCfg | None) -> "ScoringCfg":
+        """A copy with another fusion config (None keeps this one)."""
+        return self if fusion is None else replace(self, fusion=fusion)
+
+    def to_dict(self) -> dict:
+        return {"detector": self.detector, "max_crops": int(self.max_crops),
+                "fusion": self.fusion.to_dict() if self.fusion is not None else None}
+
+
+@dataclass
+class ScoreContext:
+    """Everything a score may read for one image, and the maps already computed for it.
+
+    Attributes:
+        output: the model's :class:`SegmenterOutput` or :class:`VLOutput` (batch 1 with an image; any batch for
+            the output-only scores).
+        image: ``(H, W, 3)`` RGB uint8 of the frame, or None (then maps stay at the network resolution and the
+            image-dependent scores raise).
+        model: the model that produced ``output`` (CLIP and text tables of the VL sources), or None.
+        cfg: the :class:`ScoringCfg`.
+    """
+
+    output: SegmenterOutput | VLOutput
+    image: np.ndarray | None = None
+    model: Any = None
+    cfg: ScoringCfg = field(default_factory=ScoringCfg)
+    _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def base(self) -> SegmenterOutput:
+        """The segmenter output (inside a :class:`VLOutput` for vision-language models)."""
+        return self.output.base if isinstance(self.output, VLOutput) else self.output
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """``(h, w)`` the network input resolution."""
+        return tuple(self.base.logits.shape[-2:])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the score maps: the image's, or the network input's without an image."""
+        return tuple(self.image.shape[:2]) if self.image is not None else self.network_size
+
+    def require(self, what: str, name: str) -> None:
+        if what == "image" and (self.image is None or self.model is None):
+            raise ConfigError(f"score {name!r} needs the image and the model: run it through AnomalyPredictor")
+        if what == "vl" and not isinstance(self.output, VLOutput):
+            raise ConfigError(f"score {name!r} comes from the vision-language pipeline: use a vl_anomaly model "
+                              f"(vl-anomaly list-models); segmenter scores: {', '.join(pixel_scores())}")
+        if what == "queries" and not self.base.has_mask_queries:
+            raise ConfigError(f"score {name!r} needs a mask-query model (Mask2Former); this model has no mask "
+                              f"queries. Pixel-classifier scores: {', '.join(pixel_scores())}")
+
+    def map(self, name: str) -> np.ndarray:
+        """The ``(H, W)`` float32 map of score ``name`` (computed once per context), checked finite."""
+        if name not in self._maps:
+            score = get_score(name).fn(self).float()                     # (1, h', w')
+            if tuple(score.shape[-2:]) != self.size:
+                score = F.interpolate(score[:, None], size=self.size, mode="bilinear", align_corners=False)[:, 0]
+            value = score[0].cpu().numpy()
+            if not np.isfinite(value).all():
+                raise VLAnomalyError(f"non-finite {name!r} scores (corrupt weights or numerical overflow)")
+            self._maps[name] = value
+        return self._maps[name]
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """A registered score: how to compute it and what its values mean.
+
+    Attributes:
+        fn: ``ScoreContext → (B, h, w)`` float tensor at the network or the image resolution.
         range: documented (min, max) of the values (±inf for unbounded).
         needs_mask_queries: only defined for mask-query models.
         default_threshold: obstacle threshold used when none is given (a starting point, to be calibrated).
         description: one line for help texts.
-        needs_vl: computed by the vision-language pipeline (:mod:`vl_anomaly.vl_scores`), not from a
-            segmenter output alone; only with a ``vl_anomaly`` model.
+        needs_vl: needs a vision-language model (family ``vl_anomaly``).
+        needs_fusion: needs a fusion config (:attr:`ScoringCfg.fusion`).
     """
 
-    fn: Callable[[SegmenterOutput], torch.Tensor]
+    fn: Callable[[ScoreContext], torch.Tensor]
     range: tuple[float, float]
     needs_mask_queries: bool
     default_threshold: float
     description: str
     needs_vl: bool = False
+    needs_fusion: bool = False
 
 
-def _needs_queries(name: str) -> Callable[[SegmenterOutput], None]:
-    def check(out: SegmenterOutput) -> None:
-        if not out.has_mask_queries:
-            raise ConfigError(f"score {name!r} needs a mask-query model (Mask2Former); this model has no mask "
-                              f"queries. Pixel-classifier scores: {', '.join(pixel_scores())}")
-    return check
-
-
-def _needs_vl(name: str) -> Callable[[SegmenterOutput], torch.Tensor]:
-    def fail(out: SegmenterOutput) -> torch.Tensor:
-        raise ConfigError(f"score {name!r} comes from the vision-language pipeline: use a vl_anomaly model "
-                          f"(vl-anomaly list-models); segmenter scores: {', '.join(pixel_scores())}")
-    return fail
-
-
-def _rba_from_output(out: SegmenterOutput) -> torch.Tensor:
-    _needs_queries("rba")(out)
+def _rba_score(ctx: ScoreContext) -> torch.Tensor:
+    ctx.require("queries", "rba")
+    out = ctx.base
     return rba(out.class_queries_logits, out.masks_queries_logits, out.logits.shape[-2:])
 
 
-def _mask2anomaly_from_output(out: SegmenterOutput) -> torch.Tensor:
-    _needs_queries("mask2anomaly")(out)
-    return mask2anomaly(out.logits)
+def _mask2anomaly_score(ctx: ScoreContext) -> torch.Tensor:
+    ctx.require("queries", "mask2anomaly")
+    return mask2anomaly(ctx.base.logits)
+
+
+def _text_guided_score(ctx: ScoreContext) -> torch.Tensor:
+    ctx.require("vl", "text_guided")
+    return text_guided_score(ctx.output, ctx.network_size)     # resized to the image like every score
+
+
+def _clip_crops_score(ctx: ScoreContext) -> torch.Tensor:
+    ctx.require("vl", "clip_crops")
+    ctx.require("image", "clip_crops")
+    detector = ctx.map(ctx.cfg.detector)
+    score, _ = clip_crop_score(ctx.image, detector, ctx.model.clip, ctx.model.crop_text_embeddings(),
+                               get_score(ctx.cfg.detector).default_threshold, max_crops=int(ctx.cfg.max_crops))
+    return torch.from_numpy(score)[None]
+
+
+_NO_FUSION = ("score 'fused' needs a fusion config (create_predictor(fusion=...), --fusion, the node's "
+              "fusion_config, or a model config with a fusion section; shipped: vl_anomaly/fusion_configs/)")
+
+
+def _fused_score(ctx: ScoreContext) -> torch.Tensor:
+    if ctx.cfg.fusion is None:
+        raise ConfigError(_NO_FUSION)
+    return torch.from_numpy(fuse({s: ctx.map(s) for s in ctx.cfg.fusion.sources}, ctx.cfg.fusion))[None]
 
 
 SCORES: dict[str, ScoreSpec] = {
-    "msp": ScoreSpec(lambda o: msp(o.logits), (0.0, 1.0), False, 0.5,
+    "msp": ScoreSpec(lambda c: msp(c.base.logits), (0.0, 1.0), False, 0.5,
                      "1 − maximum softmax probability"),
-    "max_logit": ScoreSpec(lambda o: max_logit(o.logits), (-math.inf, math.inf), False, -5.0,
+    "max_logit": ScoreSpec(lambda c: max_logit(c.base.logits), (-math.inf, math.inf), False, -5.0,
                            "negative maximum class logit"),
-    "entropy": ScoreSpec(lambda o: entropy(o.logits), (0.0, 1.0), False, 0.5,
+    "entropy": ScoreSpec(lambda c: entropy(c.base.logits), (0.0, 1.0), False, 0.5,
                          "softmax entropy / log K"),
-    "energy": ScoreSpec(lambda o: energy(o.logits), (-math.inf, math.inf), False, -5.0,
+    "energy": ScoreSpec(lambda c: energy(c.base.logits), (-math.inf, math.inf), False, -5.0,
                         "negative log-sum-exp of the class logits"),
-    "rba": ScoreSpec(_rba_from_output, (-19.0, 19.0), True, 0.0,
+    "rba": ScoreSpec(_rba_score, (-19.0, 19.0), True, 0.0,
                      "−Σ_k tanh of class-mask logits (mask-query models)"),
-    "mask2anomaly": ScoreSpec(_mask2anomaly_from_output, (-math.inf, 1.0), True, 0.5,
+    "mask2anomaly": ScoreSpec(_mask2anomaly_score, (-math.inf, 1.0), True, 0.5,
                               "1 − max_k of the query-mask semantic map (mask-query models)"),
-    "text_guided": ScoreSpec(_needs_vl("text_guided"), (0.0, 1.0), False, 0.5,
+    "text_guided": ScoreSpec(_text_guided_score, (0.0, 1.0), False, 0.5,
                              "R11 text-guided similarity (vl_anomaly models)", needs_vl=True),
-    "clip_crops": ScoreSpec(_needs_vl("clip_crops"), (0.0, 1.0), False, 0.5,
+    "clip_crops": ScoreSpec(_clip_crops_score, (0.0, 1.0), False, 0.5,
                             "CLIP image-text anomaly of candidate crops (vl_anomaly models)", needs_vl=True),
-    "vl_fused": ScoreSpec(_needs_vl("vl_fused"), (0.0, 1.0), False, 0.5,
-                          "R12 fusion of detector, text-guided and CLIP sources (vl_anomaly models)", needs_vl=True),
+    "fused": ScoreSpec(_fused_score, (0.0, 1.0), False, 0.5,
+                       "R12 fusion of the sources of a fusion config (any model)", needs_fusion=True),
 }
 
 
@@ -154,7 +280,8 @@ def list_scores() -> list[str]:
 
 def pixel_scores() -> list[str]:
     """Scores defined for every segmenter (not only mask-query models, not the vision-language ones)."""
-    return [name for name, spec in SCORES.items() if not spec.needs_mask_queries and not spec.needs_vl]
+    return [name for name, spec in SCORES.items()
+            if not spec.needs_mask_queries and not spec.needs_vl and not spec.needs_fusion]
 
 
 def get_score(name: str) -> ScoreSpec:
@@ -164,6 +291,27 @@ def get_score(name: str) -> ScoreSpec:
     return SCORES[name]
 
 
-def compute_score(name: str, output: SegmenterOutput) -> torch.Tensor:
-    """Score map ``(B, H, W)`` float32 of the named score for a segmenter output."""
-    return get_score(name).fn(output).float()
+def check_score_fits(name: str, model: Any, cfg: ScoringCfg, model_name: str = "") -> ScoreSpec:
+    """The spec of ``name`` if ``model`` (and ``cfg``) can compute it, else a :class:`ConfigError` saying why."""
+    spec = get_score(name)
+    what = model_name or "this model"
+    if spec.needs_fusion and cfg.fusion is None:
+        raise ConfigError(_NO_FUSION)
+    needed = [name, *(cfg.fusion.sources if spec.needs_fusion else [])]
+    if "clip_crops" in needed:
+        needed.append(cfg.detector)
+    for source in needed:
+        source_spec = get_score(source)
+        if source_spec.needs_vl and not getattr(model, "is_vision_language", False):
+            raise ConfigError(f"score {source!r} needs a vision-language model (family vl_anomaly); {what} is a "
+                              "plain segmenter")
+        if source_spec.needs_mask_queries and not getattr(model, "has_mask_queries", False):
+            raise ConfigError(f"score {source!r} needs a mask-query model (Mask2Former); {what} is a pixel "
+                              f"classifier. Pixel-classifier scores: {', '.join(pixel_scores())}")
+    return spec
+
+
+def compute_score(name: str, output: SegmenterOutput | VLOutput) -> torch.Tensor:
+    """Score ``(B, h, w)`` float32 of the named score from a model output alone, at the network resolution
+    (scores that need the image or a fusion config: :meth:`vl_anomaly.pipeline.AnomalyPredictor.score_maps`)."""
+    return get_score(name).fn(ScoreContext(output=output)).float()

@@ -20,24 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .networks.clip_towers import CLIP_MEAN, CLIP_STD, FrozenCLIP
-from .networks.vl_anomaly import VLOutput
-
-#: Handcrafted templates for the CLIP crop score (a subset of CLIP's ImageNet ensemble, plus road context).
-PROMPT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "a cropped photo of a {}.",
-                                     "a blurry photo of a {}.", "a photo of a {} on the road.",
-                                     "a photo of a {} in a street scene.")
-
-
-@torch.no_grad()
-def handcrafted_text_embeddings(clip: FrozenCLIP, class_names: list[str] | tuple[str, ...],
-                                templates: tuple[str, ...] = PROMPT_TEMPLATES) -> torch.Tensor:
-    """``(K, D)``: per class, the normalised mean of its template embeddings (computed once, then cached)."""
-    out = []
-    for name in class_names:
-        embeddings = clip.encode_text([t.format(name) for t in templates])
-        out.append(F.normalize(embeddings.mean(0), dim=-1))
-    return torch.stack(out)
-
+from .outputs import VLOutput
 
 def text_guided_score(output: VLOutput, size: tuple[int, int]) -> torch.Tensor:
     """R11 at image size ``(H, W)``: ``(B, H, W)`` float32 in [0, 1]."""

@@ -88,7 +88,8 @@ def test_export_command(tmp_path):
 def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_obstacle_image):
     from vl_anomaly.deploy import ExportedClipImages, export_clip_image_onnx
     from vl_anomaly.networks.clip_towers import FrozenCLIP
-    from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings
+    from vl_anomaly.networks.clip_towers import template_text_embeddings
+    from vl_anomaly.vl_scores import clip_crop_score
 
     torch.manual_seed(0)
     clip = FrozenCLIP.create(config=TINY_CLIP, pretrained=None)
@@ -101,7 +102,7 @@ def test_clip_image_encoder_export_with_a_dynamic_batch_of_crops(tmp_path, road_
     image = road_obstacle_image[::4, ::4].copy()
     detector = np.zeros(image.shape[:2], np.float32)
     detector[20:80, 20:80] = detector[150:200, 300:380] = 0.9
-    text = handcrafted_text_embeddings(clip, ["road", "car"])
+    text = template_text_embeddings(clip, ["road", "car"])
     ours, n = clip_crop_score(image, detector, encoder, text, 0.5, min_area_frac=0.0)
     reference, _ = clip_crop_score(image, detector, clip, text, 0.5, min_area_frac=0.0)
     assert n == 2
@@ -119,7 +120,7 @@ def clip_file(tmp_path):
     return path
 
 
-VL_SCORES = ["msp", "text_guided", "clip_crops", "vl_fused"]
+VL_SCORES = ["msp", "text_guided", "clip_crops", "fused"]
 
 
 def _assert_same_maps(exported, reference, image, names=VL_SCORES, atol=1e-4):
@@ -135,7 +136,7 @@ def test_vl_model_export_reproduces_every_vl_score_on_a_real_image(tiny_vl_model
     """The per-frame VL graph (real ESPNetv2 + aligner, cached text as constants), the CLIP crop encoder and the
     text tables reproduce the PyTorch model's sources and fusion; no text tower runs on the export."""
     from vl_anomaly.deploy import ExportedVLModel, export_vl_onnx, vl_companion_paths
-    from vl_anomaly.factory import get_preprocess_cfg
+    from vl_anomaly.factory import default_scoring, get_preprocess_cfg
     from vl_anomaly.pipeline import AnomalyPredictor
 
     torch.manual_seed(0)
@@ -146,10 +147,11 @@ def test_vl_model_export_reproduces_every_vl_score_on_a_real_image(tiny_vl_model
     assert record.output_shapes["s_pix"] == [1, 19, SIZE[0] // 8, SIZE[1] // 8]
     clip_path, text_path = vl_companion_paths(tmp_path / "vl.onnx")
     assert ExportRecord.load(clip_path).extras["max_batch"] == 20 and text_path.is_file()
-    exported = create_predictor(tiny_vl_model, score="vl_fused", backend="onnxruntime",
+    exported = create_predictor(tiny_vl_model, score="fused", backend="onnxruntime",
                                 onnx_path=tmp_path / "vl.onnx", input_size=SIZE)
     assert isinstance(exported.model, ExportedVLModel) and not hasattr(exported.model, "prompts")
-    reference = AnomalyPredictor(model, get_preprocess_cfg(tiny_vl_model, SIZE), score="vl_fused")
+    reference = AnomalyPredictor(model, get_preprocess_cfg(tiny_vl_model, SIZE), score="fused",
+                                 scoring=default_scoring(tiny_vl_model))
     maps = _assert_same_maps(exported, reference, road_obstacle_image)
     assert maps["clip_crops"].max() > 0                          # candidate regions were cropped and encoded
     text_path.write_bytes(text_path.read_bytes()[:-8] + b"\0" * 8)    # a tampered companion is refused
@@ -190,24 +192,23 @@ def test_vl_exports_are_cached_only_for_fixed_weights(tiny_vl_model, clip_file, 
     parts are refused with the command that exports them."""
     from safetensors.torch import save_file
 
-    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(clip_file))
     torch.manual_seed(3)
-    model = create_model(tiny_vl_model, weights="untrained")
+    model = create_model(tiny_vl_model, weights="untrained", clip_weights=clip_file)
     head = tmp_path / "head.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(("clip.", "segmenter."))},
               head)
-    exported = create_predictor(tiny_vl_model, weights=str(head), score="vl_fused", backend="onnxruntime",
-                                input_size=SIZE)
-    again = create_predictor(tiny_vl_model, weights=str(head), score="vl_fused", backend="onnxruntime",
-                             input_size=SIZE)
+    exported = create_predictor(tiny_vl_model, weights=str(head), score="fused", backend="onnxruntime",
+                                input_size=SIZE, clip_weights=clip_file)
+    again = create_predictor(tiny_vl_model, weights=str(head), score="fused", backend="onnxruntime",
+                             input_size=SIZE, clip_weights=clip_file)
     assert again.model.path == exported.model.path and again.model.record.sha256 == exported.model.record.sha256
-    reference = create_predictor(tiny_vl_model, weights=str(head), score="vl_fused", input_size=SIZE)
+    reference = create_predictor(tiny_vl_model, weights=str(head), score="fused", input_size=SIZE,
+                                 clip_weights=clip_file)
     _assert_same_maps(exported, reference, road_obstacle_image[::2, ::2].copy())
     with pytest.raises(ConfigError, match="vl-anomaly export --model"):
-        create_predictor(tiny_vl_model, weights="untrained", backend="onnxruntime")
-    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", "none")
+        create_predictor(tiny_vl_model, weights="untrained", backend="onnxruntime", clip_weights=clip_file)
     with pytest.raises(ConfigError, match="CLIP has random weights"):
-        create_predictor(tiny_vl_model, weights=str(head), backend="onnxruntime")
+        create_predictor(tiny_vl_model, weights=str(head), backend="onnxruntime", clip_weights="none")
 
 
 def test_export_command_for_a_vl_model(tiny_vl_model, tmp_path, capsys):

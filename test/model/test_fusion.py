@@ -124,20 +124,57 @@ def test_sampling_and_fused_maps_on_disk(tmp_path):
         sample_pixels(dataset, tmp_path, ["msp", "energy"])
 
 
-def test_eval_with_a_fusion_config(tmp_path, anomaly_val):
-    """``run_evaluation(fusion=...)`` infers the sources and evaluates the fused score beside them."""
-    from vl_anomaly import create_predictor
+def test_predict_writes_the_fused_map_that_eval_scores(tmp_path, anomaly_val):
+    """One fusion path: ``predict --fusion`` writes the same fused map (float32) that ``eval --fusion`` stores
+    (float16) and scores, both from the predictor's ``fused`` score over its sources."""
+    from vl_anomaly.cli import main
     from vl_anomaly.datasets import load_dataset
     from vl_anomaly.evaluation import run_evaluation
+    from vl_anomaly.factory import create_predictor
 
     dataset = load_dataset("road_anomaly_21")
     dataset.frames = dataset.frames[:2]
-    predictor = create_predictor("espnetv2_s2.0_cityscapes", input_size=(128, 256))
-    cfg = FusionCfg({"msp": 1.0, "entropy": 0.0}, {"msp": SourceNorm(0.0, 1.0), "entropy": SourceNorm(0.0, 1.0)})
-    results = run_evaluation([dataset], ["msp"], tmp_path, predictor, workers=1, fusion=cfg)
+    cfg = FusionCfg({"msp": 0.3, "entropy": 0.7}, {"msp": SourceNorm(0.0, 0.6), "entropy": SourceNorm(0.1, 0.6)})
+    path = cfg.save(tmp_path / "fusion.yaml")
+    predictor = create_predictor("espnetv2_s2.0_cityscapes", input_size=(128, 256), fusion=path)
+    results = run_evaluation([dataset], ["msp", "entropy", "fused"], tmp_path / "eval", predictor, workers=1)
     scores = results["datasets"]["road_anomaly_21"]["scores"]
-    assert set(scores) == {"msp", "fused"} and results["fusion"]["weights"]["msp"] == 1.0
-    assert scores["fused"]["pixel"]["AuPRC"] == pytest.approx(scores["msp"]["pixel"]["AuPRC"], abs=0.05)
+    assert set(scores) == {"msp", "entropy", "fused"}
+    assert results["predictor"]["scoring"]["fusion"]["weights"] == {"msp": 0.3, "entropy": 0.7}
+    assert main(["predict", *[str(f.image) for f in dataset.frames], "-o", str(tmp_path / "pred"), "--score", "fused",
+                 "--fusion", str(path), "--input-size", "128", "256", "--save", "npy"]) == 0
+    for frame in dataset.frames:
+        written = np.load(next((tmp_path / "pred").rglob(f"{frame.image.stem}.score.npy")))
+        scored = np.load(tmp_path / "eval" / "score_maps" / "road_anomaly_21" / "fused" / f"{frame.frame_id}.npy")
+        assert written.dtype == np.float32 and scored.dtype == np.float16 and written.shape == scored.shape
+        np.testing.assert_allclose(scored.astype(np.float32), written, atol=1e-3)       # float16 storage only
+        assert 0.0 <= written.min() and written.max() <= 1.0
+
+
+def test_fused_score_for_any_model_and_its_errors():
+    """``fused`` is a score of every model: the shipped config of the model's name by default, a YAML or shipped
+    name otherwise; without one it says where to get one."""
+    from vl_anomaly.factory import create_predictor
+    from vl_anomaly.fusion import list_fusion_configs, load_fusion
+
+    assert {"espnetv2_s2.0_cityscapes", "espnet_p2_q8_cityscapes"} <= set(list_fusion_configs())
+    predictor = create_predictor("espnetv2_s2.0_cityscapes", weights="none", score="fused", input_size=(64, 128))
+    assert predictor.scoring.fusion == load_fusion("espnetv2_s2.0_cityscapes")
+    image = np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    maps, _, _ = predictor.score_maps(image, ["msp", "entropy", "fused"])
+    np.testing.assert_allclose(maps["fused"], fuse(maps, predictor.scoring.fusion), atol=1e-6)
+    other = create_predictor("espnetv2_s2.0_cityscapes", weights="none", score="fused", input_size=(64, 128),
+                             fusion="espnet_p2_q8_cityscapes")
+    assert other.scoring.fusion == load_fusion("espnet_p2_q8_cityscapes")
+    from vl_anomaly.pipeline import AnomalyPredictor
+
+    with pytest.raises(ConfigError, match="needs a fusion config"):
+        AnomalyPredictor(predictor.model, predictor.preprocess_cfg, score="fused")
+    with pytest.raises(ConfigError, match="neither a file nor a shipped config"):
+        create_predictor("espnetv2_s2.0_cityscapes", weights="none", fusion="no_such_fusion")
+    rba_fusion = FusionCfg({"rba": 1.0}, {"rba": SourceNorm(-1.0, 1.0)})
+    with pytest.raises(ConfigError, match="mask-query model"):
+        create_predictor("espnetv2_s2.0_cityscapes", weights="none", score="fused", fusion=rba_fusion)
 
 
 def test_calibrate_command_writes_fusion_and_model_config(tmp_path):

@@ -111,9 +111,8 @@ def test_clip_checkpoints(tmp_path, tiny_vl_model, monkeypatch):
     not_dict = tmp_path / "clip_list.pt"
     torch.save([torch.zeros(2)], not_dict)
     for path in (hostile, truncated, not_dict, tmp_path / "missing.pt"):
-        monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(path))
         with pytest.raises(WeightsError, match=path.name):
-            create_model(tiny_vl_model, weights="untrained")
+            create_model(tiny_vl_model, weights="untrained", clip_weights=path)
     _no_code_ran(marker)
 
 

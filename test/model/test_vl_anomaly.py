@@ -16,7 +16,8 @@ from vl_anomaly.errors import WeightsError
 from vl_anomaly.networks.clip_towers import FrozenCLIP
 from vl_anomaly.networks.prompt_learner import PromptLearner
 from vl_anomaly.networks.vl_anomaly import VLAnomalyModel
-from vl_anomaly.vl_scores import clip_crop_score, handcrafted_text_embeddings, text_guided_score
+from vl_anomaly.networks.clip_towers import template_text_embeddings
+from vl_anomaly.vl_scores import clip_crop_score, text_guided_score
 
 TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
@@ -121,7 +122,7 @@ def test_clip_crop_score_batches_capped_regions(clip, road_obstacle_image):
     detector = np.zeros(image.shape[:2], np.float32)
     for k, (y, x, size) in enumerate([(20, 20, 40), (150, 300, 30), (200, 100, 20), (100, 400, 10)]):
         detector[y:y + size, x:x + size] = 0.9
-    text = handcrafted_text_embeddings(clip, ["road", "car", "sky"])
+    text = template_text_embeddings(clip, ["road", "car", "sky"])
     assert text.shape == (3, 64)
     score, crops = clip_crop_score(image, detector, clip, text, threshold=0.5, max_crops=3, min_area_frac=0.0)
     assert crops == 3 and score.shape == detector.shape and score.dtype == np.float32
@@ -160,43 +161,42 @@ def test_vl_pipeline_end_to_end_on_a_real_image(tiny_vl_model, road_obstacle_ima
     from vl_anomaly import ConfigError, create_predictor
     from vl_anomaly.fusion import fuse
 
-    monkeypatch.delenv("VL_ANOMALY_CLIP_WEIGHTS", raising=False)
     image = road_obstacle_image[::2, ::2].copy()
     torch.manual_seed(0)
-    predictor = create_predictor(tiny_vl_model, weights="untrained", score="vl_fused", input_size=(128, 256))
-    names = ["msp", "text_guided", "clip_crops", "vl_fused"]
+    predictor = create_predictor(tiny_vl_model, weights="untrained", score="fused", input_size=(128, 256))
+    names = ["msp", "text_guided", "clip_crops", "fused"]
     maps, semantic, _ = predictor.score_maps(image, names)
     for name in names:
         assert maps[name].shape == image.shape[:2] and maps[name].dtype == np.float32
         assert np.isfinite(maps[name]).all() and 0.0 <= maps[name].min() and maps[name].max() <= 1.0
-    np.testing.assert_allclose(maps["vl_fused"], fuse(maps, predictor.model.fusion_cfg), atol=1e-6)
+    np.testing.assert_allclose(maps["fused"], fuse(maps, predictor.scoring.fusion), atol=1e-6)
     assert predictor.predict(image).score_map.shape == image.shape[:2]
     head = {k: v.contiguous() for k, v in predictor.model.state_dict().items()
             if not k.startswith(("clip.", "segmenter."))}
     save_file(head, tmp_path / "head.safetensors")
     torch.manual_seed(99)
-    reloaded = create_predictor(tiny_vl_model, weights=str(tmp_path / "head.safetensors"), score="vl_fused",
+    reloaded = create_predictor(tiny_vl_model, weights=str(tmp_path / "head.safetensors"), score="fused",
                                 input_size=(128, 256))
     # CLIP itself is random in both (seeded differently): compare the parts the head checkpoint determines.
     again, _, _ = reloaded.score_maps(image, ["msp"])
     np.testing.assert_array_equal(again["msp"], maps["msp"])
     torch.testing.assert_close(reloaded.model.text_embeddings, predictor.model.text_embeddings)
     torch.testing.assert_close(reloaded.model.prompts.ctx, predictor.model.prompts.ctx)
-    with pytest.raises(WeightsError, match="no trained VL-Anomaly head"):
+    with pytest.raises(WeightsError, match="no trained vl_anomaly head"):
         create_predictor(tiny_vl_model, weights="default")
     with pytest.raises(ConfigError, match="vision-language model"):
         create_predictor("espnetv2_s2.0_cityscapes", score="text_guided")
 
 
 def test_clip_weights_by_configuration_alone(tiny_vl_model, clip, tmp_path, monkeypatch):
-    """VL_ANOMALY_CLIP_WEIGHTS points the registered VL model at a local open_clip checkpoint."""
+    """clip_weights points the registered VL model at a local open_clip checkpoint (the CLI's --clip-weights,
+    default $VL_ANOMALY_CLIP_WEIGHTS; the core reads no environment variable for it)."""
     from vl_anomaly import create_model
 
     path = tmp_path / "clip_tiny.pt"
     torch.save(clip.model.state_dict(), path)
-    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(path))
-    model = create_model(tiny_vl_model, weights="untrained")
+    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(tmp_path / "ignored.pt"))     # read by the CLI only
+    model = create_model(tiny_vl_model, weights="untrained", clip_weights=path)
     torch.testing.assert_close(model.clip.encode_text(["a deer on the road."]), clip.encode_text(["a deer on the road."]))
-    monkeypatch.setenv("VL_ANOMALY_CLIP_WEIGHTS", str(tmp_path / "missing.pt"))
     with pytest.raises(WeightsError, match="does not exist"):
-        create_model(tiny_vl_model, weights="untrained")
+        create_model(tiny_vl_model, weights="untrained", clip_weights=tmp_path / "missing.pt")

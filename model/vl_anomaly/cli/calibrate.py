@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation folder whose score_maps/ to reuse or fill (default outputs/eval/<model>)")
     parser.add_argument("-o", "--output", required=True, help="fusion config YAML to write")
     parser.add_argument("--model-config-out", default=None, metavar="YAML",
-                        help="also write the model's config with this fusion (its vl_fused score) to YAML; register "
+                        help="also write the model's config with this fusion (its fused score) to YAML; register "
                              "it with VL_ANOMALY_MODEL_CONFIGS or vl_anomaly.add_model_config (the file stem is "
                              "the model name)")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..defaults import DEFAULT_SCORE
 from ..datasets import list_datasets, load_dataset
 from ..evaluation import run_evaluation
-from ..fusion import FusionCfg
+from ..errors import ConfigError
 from ..scores import list_scores
 from . import predict
 
@@ -25,23 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loading threads")
     parser.add_argument("--score-maps", default=None,
                         help="evaluate saved score maps <DIR>/<dataset>/<frame id>.npy instead of running a model")
-    parser.add_argument("--fusion", default=None, metavar="YAML",
-                        help="also evaluate the fused score of this fusion config (vl-anomaly calibrate)")
     parser.add_argument("-o", "--output", default=None, help="output folder (default outputs/eval/<model>)")
 
 
 def main(args: argparse.Namespace) -> int:
-    scores = args.scores or [args.score or "msp"]
+    scores = args.scores or [args.score or DEFAULT_SCORE]
+    if args.fusion and "fused" not in scores:
+        scores.append("fused")                              # --fusion: also evaluate the fused score
     datasets = [load_dataset(spec) for spec in args.dataset]
     saved = Path(args.score_maps) if args.score_maps else None
+    if saved is not None and args.fusion:
+        raise ConfigError("--fusion fuses a model's source maps as it infers them; it cannot use --score-maps "
+                          "(scripts/fusion_study.py fuses saved maps)")
     predictor = None
     if saved is None:
         args.score = scores[0]
         predictor = predict.build_predictor(args)
     out = Path(args.output or f"outputs/eval/{predictor.name if predictor else 'saved_maps'}")
-    fusion = FusionCfg.load(args.fusion) if args.fusion else None
     results = run_evaluation(datasets, scores, out, predictor, weights=args.weights, mode=args.mode,
-                             workers=args.workers, saved_maps=saved, fusion=fusion)
+                             workers=args.workers, saved_maps=saved)
     for name, ds in results["datasets"].items():
         for score, r in ds["scores"].items():
             px = r["pixel"]

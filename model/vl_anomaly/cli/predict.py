@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ from .. import __version__
 from ..deploy import BACKENDS
 from ..cpu import cpu_model, set_threads
 from ..errors import InvalidImageError, VLAnomalyError
-from ..factory import DEFAULT_MODEL, create_predictor
+from ..defaults import DEFAULT_MODEL, DEFAULT_SCORE
+from ..factory import create_predictor
+from ..fusion import list_fusion_configs
 from ..io import (encode_score_png, is_video, list_inputs, read_image, score_png_range, write_json, write_png)
 from ..pipeline import AnomalyPredictor, Prediction
 from ..registry import list_models
@@ -35,7 +38,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="default",
                         help="'default' (registered weights), 'none' (random), a .pth/.safetensors file or a "
                              "transformers checkpoint directory")
-    parser.add_argument("--score", default="msp", choices=list_scores(), help="anomaly score")
+    parser.add_argument("--score", default=DEFAULT_SCORE, choices=list_scores(), help="anomaly score")
     parser.add_argument("--threshold", type=float, default=None,
                         help="obstacle threshold in score units (default: the score's documented default)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 …")
@@ -52,6 +55,14 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", default=None, metavar="FILE",
                         help="ONNX export to run (vl-anomaly export; default: the cached export of model + weights)")
     parser.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision")
+    parser.add_argument("--fusion", default=None, metavar="YAML|NAME",
+                        help="fusion config of the 'fused' score: a YAML (vl-anomaly calibrate) or a shipped name ("
+                             + ", ".join(list_fusion_configs()) + "); default: the model's own")
+    parser.add_argument("--clip-weights", default=os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", "default"),
+                        metavar="FILE|default|none",
+                        help="VL models: CLIP weights ('default': the registered record, SHA-256 checked; a local "
+                             "open_clip/OpenAI checkpoint; 'none': random). Default: $VL_ANOMALY_CLIP_WEIGHTS, "
+                             "else 'default'")
 
 
 def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
@@ -60,7 +71,8 @@ def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
                             device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
                             min_area_px=args.min_area, drivable_only=args.drivable_only,
                             drivable_margin_px=args.drivable_margin, backend=args.backend,
-                            onnx_path=args.onnx, precision=args.precision)
+                            onnx_path=args.onnx, precision=args.precision, fusion=args.fusion,
+                            clip_weights=args.clip_weights)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..outputs import SegmenterOutput
+from ..outputs import SegmenterOutput, VLOutput
 from .records import ExportError, ExportRecord, vl_companion_paths
 from .runners import GraphRunner, make_runner
 
@@ -67,8 +67,8 @@ class ExportedClipImages:
 
 class ExportedVLModel(ExportedSegmenter):
     """An exported VL-Anomaly model (:func:`vl_anomaly.deploy.export.export_vl_onnx`): ``forward`` gives a
-    :class:`~vl_anomaly.networks.vl_anomaly.VLOutput` like the PyTorch model; ``clip`` is the exported CLIP image
-    encoder; the text tables, score sources and fusion come from the export."""
+    :class:`~vl_anomaly.outputs.VLOutput` like the PyTorch model; ``clip`` is the exported CLIP image
+    encoder; the text tables come from the export."""
 
     is_vision_language = True
 
@@ -76,7 +76,6 @@ class ExportedVLModel(ExportedSegmenter):
         super().__init__(runner)
         from safetensors.torch import load_file
 
-        from ..fusion import FusionCfg
         from ..pretrained import sha256_file
 
         if self.record.kind != "vl_anomaly":
@@ -94,15 +93,11 @@ class ExportedVLModel(ExportedSegmenter):
         self.register_buffer("crop_text", tables["crop_text"])
         self.clip = ExportedClipImages(clip_runner)
         self.class_names = tuple(extras["class_names"])
-        self.sources_cfg = dict(extras.get("sources") or {})
-        self.fusion_cfg = FusionCfg.from_dict(extras["fusion"]) if extras.get("fusion") else None
 
     def crop_text_embeddings(self) -> torch.Tensor:
         return self.crop_text
 
     def forward(self, pixel_values: torch.Tensor):
-        from ..networks.vl_anomaly import VLOutput
-
         out = self._run(pixel_values)
         s_pix, s_mask = out.pop("s_pix"), out.pop("s_mask", None)
         base = SegmenterOutput(feature_stride=self.feature_stride, **out)

@@ -29,14 +29,15 @@ _LOG = logging.getLogger(__name__)
 
 def weights_tag(name: str, weights: str | Path, clip_weights: str | None = None) -> str:
     """Short identity of a model's weights for the export cache: the registered SHA-256 or the file's. VL models:
-    segmenter, CLIP (``clip_weights``: a file or a tag) and head checkpoint. Raises :class:`ConfigError` for random
+    segmenter, CLIP (``clip_weights``: a file, or the tag of :func:`vl_anomaly.pretrained.resolve_clip_weights`)
+    and head checkpoint. Raises :class:`ConfigError` for random
     CLIP weights (never cached)."""
     cfg = get_model_config(name)
-    if cfg["family"] == "vl_anomaly":
-        if clip_weights is None:
+    if "segmenter" in cfg:                                   # a composite model (vl_anomaly): its parts and head
+        if "clip" in cfg and (clip_weights is None or clip_weights == "random"):
             raise ConfigError(f"{name}: CLIP has random weights; such exports are not cached: run "
                               f"`vl-anomaly export --model {name}` and pass its file as the ONNX model")
-        clip_tag = sha256_file(Path(clip_weights))[:8] if Path(clip_weights).is_file() else str(clip_weights)
+        clip_tag = sha256_file(Path(clip_weights))[:12] if Path(clip_weights).is_file() else str(clip_weights)
         return f"{weights_tag(cfg['segmenter'], 'default')[:8]}.{clip_tag}.{sha256_file(Path(weights))[:12]}"
     if weights == "default":
         record = get_pretrained_cfg(name)
@@ -79,9 +80,8 @@ def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple
     if onnx_path is not None:
         _check_explicit_export(Path(onnx_path), name, input_size)
         return load_exported(onnx_path, backend, threads, precision)
-    family = get_model_config(name)["family"]
-    if weights is None or str(weights).lower() in ("none", "untrained") or (family == "vl_anomaly"
-                                                                            and weights == "default"):
+    composite = "segmenter" in get_model_config(name)
+    if weights is None or str(weights).lower() in ("none", "untrained") or (composite and weights == "default"):
         raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (only registered or file "
                           "weights are cached; VL models need a head checkpoint): run "
                           f"`vl-anomaly export --model {name} --weights ...` and pass its file as the ONNX model")

@@ -29,6 +29,8 @@ from torch import nn
 
 from ..outputs import SegmenterOutput
 from ..pretrained import sha256_file
+from ..registry import get_model_config, list_models
+from ..scores import ScoringCfg
 from .records import OPSET, OUTPUT_FIELDS, ExportError, ExportRecord, vl_companion_paths
 from .runners import ort_session
 
@@ -139,18 +141,19 @@ def export_clip_image_onnx(clip, out: str | Path, max_batch: int = 64, atol: flo
 
 def export_vl_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int], name: str = "",
                    weights: str = "", atol: float = 1e-3, rtol: float = 1e-5, check_inputs: int = 2,
-                   seed: int = 0) -> ExportRecord:
+                   seed: int = 0, scoring: ScoringCfg | None = None) -> ExportRecord:
     """Export a :class:`~vl_anomaly.networks.vl_anomaly.VLAnomalyModel` for deployment, checked against PyTorch:
 
     * ``out``: segmenter + PL-Aligner, input ``pixel_values (1, 3, H, W)``; outputs the segmenter's fields, then
       ``s_pix`` and (mask-query segmenters) ``s_mask``. The class text embeddings are computed once from the
       prompts (the inference cache) and become constants of the graph.
-    * ``<stem>.clip_image.onnx``: the CLIP image encoder, dynamic batch up to ``sources.max_crops``.
+    * ``<stem>.clip_image.onnx``: the CLIP image encoder, dynamic batch up to ``scoring.max_crops``.
     * ``<stem>.text.safetensors``: ``class_text (K, D)`` (the prompts' embeddings, as in the graph) and
       ``crop_text (K, D)`` (handcrafted, template-ensembled embeddings of the CLIP crop score).
 
-    The record's ``extras`` name the companion files (with their SHA-256), the class names, the score sources and
-    the fusion config, so the exported model scores exactly as the PyTorch one.
+    The record's ``extras`` name the companion files (with their SHA-256), the class names and, for the record,
+    the scoring settings exported with (``scoring``, default: the registered config of ``name``); the predictor
+    takes its scoring from the model config, as for the PyTorch model.
     """
     from safetensors.torch import save_file
 
@@ -170,16 +173,16 @@ def export_vl_onnx(model: nn.Module, out: str | Path, input_size: tuple[int, int
 
     diffs, shapes = _export_checked(_Flat(model, flat_vl), inputs, out, "pixel_values",
                                     list(fields + vl_fields), name or "VL-Anomaly", atol, rtol)
-    sources = dict(getattr(model, "sources_cfg", {}) or {})
+    if scoring is None:
+        scoring = ScoringCfg.from_model_config(get_model_config(name)) if name in list_models() else ScoringCfg()
     clip_path, text_path = vl_companion_paths(out)
-    clip_record = export_clip_image_onnx(model.clip, clip_path, max_batch=int(sources.get("max_crops", 20)),
+    clip_record = export_clip_image_onnx(model.clip, clip_path, max_batch=int(scoring.max_crops),
                                          name=f"{name}.clip_image")
     save_file({"class_text": text.contiguous(), "crop_text": model.crop_text_embeddings().contiguous()},
               str(text_path))
-    fusion = getattr(model, "fusion_cfg", None)
     extras = {"clip_image": clip_path.name, "clip_image_sha256": clip_record.sha256, "text": text_path.name,
               "text_sha256": sha256_file(text_path), "class_names": list(model.prompts.class_names),
-              "sources": sources, "fusion": fusion.to_dict() if fusion is not None else None}
+              "scoring": scoring.to_dict()}
     return _record(out, model=name, weights=str(weights), input_size=tuple(input_size),
                    outputs=list(fields + vl_fields), output_shapes=shapes,
                    feature_stride=int(reference.base.feature_stride),

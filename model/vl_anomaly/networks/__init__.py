@@ -1,9 +1,13 @@
 """Segmentation networks, one file per family; each registers its builder with the model registry."""
 
+from torch import nn
+
 from ..registry import register_family
 from .espnet import ESPNet
 from .espnetv2 import ESPNetv2
+from .clip_towers import FrozenCLIP
 from .mask2former import Mask2FormerSegmenter
+from .vl_anomaly import VLAnomalyModel
 
 
 @register_family("espnet")
@@ -21,4 +25,9 @@ def _build_mask2former(num_classes: int = 19, **arch) -> Mask2FormerSegmenter:
     return Mask2FormerSegmenter.from_config(arch, num_classes=num_classes)
 
 
-__all__ = ["ESPNet", "ESPNetv2", "Mask2FormerSegmenter"]
+@register_family("vl_anomaly")
+def _build_vl_anomaly(segmenter: nn.Module, clip: FrozenCLIP, class_names: tuple[str, ...], **arch) -> VLAnomalyModel:
+    return VLAnomalyModel(segmenter, clip, class_names, **arch)
+
+
+__all__ = ["ESPNet", "ESPNetv2", "Mask2FormerSegmenter", "VLAnomalyModel"]

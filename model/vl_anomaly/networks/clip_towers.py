@@ -148,3 +148,20 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"CLIP checkpoint {path} is not a state dict (name → tensor); got {type(state).__name__}")
     return state
+
+
+#: Handcrafted templates for the CLIP crop score (a subset of CLIP's ImageNet ensemble, plus road context).
+PROMPT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "a cropped photo of a {}.",
+                                     "a blurry photo of a {}.", "a photo of a {} on the road.",
+                                     "a photo of a {} in a street scene.")
+
+
+@torch.no_grad()
+def template_text_embeddings(clip: FrozenCLIP, class_names: list[str] | tuple[str, ...],
+                             templates: tuple[str, ...] = PROMPT_TEMPLATES) -> torch.Tensor:
+    """``(K, D)``: per class, the normalised mean of its template embeddings (computed once, then cached)."""
+    out = []
+    for name in class_names:
+        embeddings = clip.encode_text([t.format(name) for t in templates])
+        out.append(F.normalize(embeddings.mean(0), dim=-1))
+    return torch.stack(out)

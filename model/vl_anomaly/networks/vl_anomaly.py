@@ -10,33 +10,14 @@ when ``freeze_segmenter=False``; CLIP never.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..constants import CITYSCAPES_CLASSES
-from ..outputs import SegmenterOutput
-from .clip_towers import FrozenCLIP
+from ..outputs import SegmenterOutput, VLOutput
+from .clip_towers import FrozenCLIP, template_text_embeddings
 from .pl_aligner import MaskTextAligner, PixelTextAligner
 from .prompt_learner import PromptLearner
-
-
-@dataclass
-class VLOutput:
-    """Outputs of :class:`VLAnomalyModel` for a batch.
-
-    Attributes:
-        base: the segmenter's output (logits at input resolution, features, queries).
-        s_pix: ``(B, K, h, w)`` pixel–text logits (R5) on the feature grid (stride ``base.feature_stride``).
-        s_mask: ``(B, N, K + 1)`` query–text logits (R8, last column no-object), or None without mask queries.
-        text: ``(K, D)`` the class text embeddings used.
-    """
-
-    base: SegmenterOutput
-    s_pix: torch.Tensor
-    s_mask: torch.Tensor | None
-    text: torch.Tensor
 
 
 class VLAnomalyModel(nn.Module):
@@ -103,9 +84,7 @@ class VLAnomalyModel(nn.Module):
     def crop_text_embeddings(self) -> torch.Tensor:
         """``(K, D)`` handcrafted, template-ensembled class embeddings of the CLIP crop score (computed once)."""
         if self._crop_text is None:
-            from ..vl_scores import handcrafted_text_embeddings
-
-            self._crop_text = handcrafted_text_embeddings(self.clip, self.prompts.class_names)
+            self._crop_text = template_text_embeddings(self.clip, self.prompts.class_names)
         return self._crop_text.to(self.text_embeddings.device)
 
     def forward(self, pixel_values: torch.Tensor) -> VLOutput:

@@ -41,6 +41,7 @@ class TrainCfg:
     cityscapes: str
     output: str
     weights: str = "untrained"
+    clip_weights: str = "default"
     split: str = "train"
     coco: str | None = None
     paste_prob: float = 0.0
@@ -160,7 +161,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
     ``max_steps`` stops after that many iterations of this call (time-sliced jobs; a checkpoint is written)."""
     rank, world, device = _distributed()
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, weights=cfg.weights, device=str(device))
+    model = create_model(cfg.model, weights=cfg.weights, device=str(device), clip_weights=cfg.clip_weights)
     if not hasattr(model, "pixel_aligner"):
         raise ConfigError(f"{cfg.model} is not a vl_anomaly model: only the vision-language head is trained here")
     model.set_segmenter_trainable(not cfg.freeze_segmenter)
