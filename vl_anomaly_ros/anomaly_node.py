@@ -63,7 +63,7 @@ from .frame_queue import FrameQueue
 from .ground import PinholeCamera, obstacle_ground_points
 from .model_worker import ModelWorker
 from .shutdown import ShutdownSignals
-from .stats import FrameStats
+from .stats import FrameStats, diagnostic_values, frame_status
 
 NODE_NAME = "vl_anomaly"
 #: a header stamp this much later than the previous frame's is counted as a jump (diagnostics events.stamp_jump)
@@ -162,7 +162,8 @@ class AnomalyNode(LifecycleNode):
             self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
             device=self.param("device"), input_size=(height, width) if height else None,
             backend=self.param("backend"), onnx_path=self.param("onnx_path") or None,
-            precision=self.param("tensorrt_precision"))
+            precision=self.param("tensorrt_precision"), fusion=self.param("fusion_config") or None,
+            clip_weights=self.param("clip_weights"))
         predictor.predict(np.zeros((64, 64, 3), np.uint8))                      # warm-up (allocations, oneDNN)
         return predictor
 
@@ -382,37 +383,15 @@ class AnomalyNode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         """One ``DiagnosticStatus`` named ``<node>: frames``: level, message and every counter as a key."""
         snap = self.stats.snapshot()
-        level, message = DiagnosticStatus.OK, "processing"
-        idle = snap["seconds_since_input"]
-        if self.predictor is None:
-            level, message = ((DiagnosticStatus.ERROR, self.error) if self.error
-                              else (DiagnosticStatus.WARN, "unconfigured (waiting for the configure transition)"))
-        elif not self._active:
-            level, message = DiagnosticStatus.WARN, "configured, inactive"
-        elif idle is None or idle > self.param("no_input_warn_s"):
-            level = DiagnosticStatus.WARN
-            message = (f"no input on {self.resolve_topic_name('image')} "
-                       + ("yet" if idle is None else f"for {idle:.1f} s") + " (check topic and QoS)")
-        elif snap["rejected_total"] and snap["last_rejection"]:
-            message = f"processing; last rejection {snap['last_rejection'][:200]}"
-        values = {"received": snap["received"], "processed": snap["processed"],
-                  "dropped": snap["dropped_total"], "rejected": snap["rejected_total"], "in_flight": snap["in_flight"],
-                  "rate_hz": round(snap["rate_hz"], 3), "queue_policy": self.param("queue_policy"),
-                  "model": self.param("model"), "score": self.param("score"),
-                  "last_rejection": snap["last_rejection"][:200]}
-        for reason, count in sorted(snap["dropped"].items()):
-            values[f"dropped.{reason}"] = count
-        for reason, count in sorted(snap["rejected"].items()):
-            values[f"rejected.{reason}"] = count
-        for name, count in sorted(snap["events"].items()):
-            values[f"events.{name}"] = count
-        values["camera_info"] = self._camera_info_state
-        for name in [k for k in snap if k.endswith("_ms")]:
-            for pct, value in snap[name].items():
-                values[f"{name}.{pct}"] = "" if value is None else round(value, 2)
-        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: frames", message=message,
+        level, message = frame_status(snap, configured=self.predictor is not None, error=self.error,
+                                      active=self._active, no_input_warn_s=self.param("no_input_warn_s"),
+                                      image_topic=self.resolve_topic_name("image"))
+        values = diagnostic_values(snap, {"queue_policy": self.param("queue_policy"), "model": self.param("model"),
+                                          "score": self.param("score"), "camera_info": self._camera_info_state})
+        status = DiagnosticStatus(level=getattr(DiagnosticStatus, level),
+                                  name=f"{self.get_fully_qualified_name()}: frames", message=message,
                                   hardware_id=self.param("device"),
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)

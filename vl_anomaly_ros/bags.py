@@ -230,21 +230,6 @@ def _topic_counts(messages) -> dict[str, int]:
     return counts
 
 
-def image_to_array(msg) -> np.ndarray:
-    """A deserialised ``sensor_msgs/Image`` (rosbags) → numpy: 32FC1 → float32 ``(H, W)``, mono8 → uint8
-    ``(H, W)``, rgb8/bgr8 → ``(H, W, 3)`` (channel order unchanged). Honours step and endianness."""
-    kinds = {"32FC1": (np.dtype("float32"), 1), "mono8": (np.dtype("uint8"), 1), "rgb8": (np.dtype("uint8"), 3),
-             "bgr8": (np.dtype("uint8"), 3)}
-    if msg.encoding not in kinds:
-        raise BagError(f"image encoding {msg.encoding!r} is not one of {', '.join(kinds)}")
-    dtype, channels = kinds[msg.encoding]
-    dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    rows = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    pixels = rows[:, : msg.width * channels * dtype.itemsize].copy().view(dtype)
-    shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels)
-    return pixels.reshape(shape).astype(dtype.newbyteorder("="))
-
-
 class BagFile:
     """A rosbag2 bag (mcap or sqlite3) opened for reading. Use as a context manager."""
 

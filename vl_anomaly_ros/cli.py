@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import cv2
+from vl_anomaly.defaults import DEFAULT_SCORE
 
 from .bags import (DEFAULT_GT_TOPIC, DEFAULT_IMAGE_TOPIC, DEFAULT_INFO_TOPIC, DEFAULT_NAME_TOPIC, BagFile,
-                   image_to_array, write_dataset_bag)
+                   write_dataset_bag)
+from .conversions import image_msg_to_array
 
 
 # ---------------------------------------------------------------------------------------------------- make-bag
@@ -62,6 +64,10 @@ def _node_params(args: argparse.Namespace) -> dict:
         params["backend"] = args.backend
     if args.onnx:
         params["onnx_path"] = str(Path(args.onnx).resolve())
+    if args.fusion:
+        params["fusion_config"] = args.fusion if not Path(args.fusion).is_file() else str(Path(args.fusion).resolve())
+    if args.clip_weights not in (None, "default"):
+        params["clip_weights"] = args.clip_weights if args.clip_weights == "none" else str(Path(args.clip_weights).resolve())
     for item in args.param or []:
         key, _, value = item.partition(":=")
         params[key] = value
@@ -69,11 +75,13 @@ def _node_params(args: argparse.Namespace) -> dict:
 
 
 def _add_node_arguments(p: argparse.ArgumentParser) -> None:
+    import os
+
+    from vl_anomaly.defaults import DEFAULT_MODEL
     from vl_anomaly.deploy import BACKENDS
-    from vl_anomaly.factory import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="node parameter model")
-    p.add_argument("--score", default="msp", help="node parameter score")
+    p.add_argument("--score", default=DEFAULT_SCORE, help="node parameter score")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="network input size (node parameters input_height, input_width)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the node")
@@ -81,6 +89,11 @@ def _add_node_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="node parameter backend")
     p.add_argument("--onnx", default=None, metavar="FILE", help="node parameter onnx_path (an ONNX export)")
+    p.add_argument("--fusion", default=None, metavar="YAML|NAME",
+                   help="node parameter fusion_config (the 'fused' score's weights: a YAML or a shipped name)")
+    p.add_argument("--clip-weights", default=os.environ.get("VL_ANOMALY_CLIP_WEIGHTS", "default"),
+                   metavar="FILE|default|none", help="node parameter clip_weights (VL models; default: "
+                                                     "$VL_ANOMALY_CLIP_WEIGHTS, else 'default')")
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE", help="any other node parameter")
     p.add_argument("--node-name", default="vl_anomaly")
 
@@ -158,7 +171,7 @@ def export_overlays(output_bag: Path, out_dir: Path, node_name: str = "vl_anomal
         if topic not in bag.topics:
             return 0
         for _, _, msg in bag.messages([topic]):
-            bgr = image_to_array(msg)
+            bgr = image_msg_to_array(msg)
             cv2.imwrite(str(out_dir / f"overlay_{count:04d}.png"), bgr)
             if writer is None:
                 size = (bgr.shape[1], bgr.shape[0])

@@ -154,7 +154,12 @@ def array_to_image_msg(array: np.ndarray, encoding: str, header=None):
 
 
 def image_msg_to_array(msg) -> np.ndarray:
-    """Published image → numpy (inverse of :func:`array_to_image_msg`, honouring step and endianness)."""
+    """A ``sensor_msgs/Image`` of an output encoding (rclpy message, or rosbags' deserialised one) → numpy,
+    honouring step and endianness; the inverse of :func:`array_to_image_msg` and the one decoder of published and
+    recorded images: 32FC1 → float32 ``(H, W)``, mono8 → uint8 ``(H, W)``, rgb8/bgr8 → ``(H, W, 3)`` (channel order
+    unchanged). Camera input goes through :func:`image_msg_to_rgb` (more encodings, validation, RGB out)."""
+    if msg.encoding not in OUTPUT_ENCODINGS:
+        raise ValueError(f"image encoding {msg.encoding!r} is not one of {', '.join(OUTPUT_ENCODINGS)}")
     channels, dtype = OUTPUT_ENCODINGS[msg.encoding]
     dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
     itemsize = dtype.itemsize

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vl_anomaly.defaults import DEFAULT_MODEL, DEFAULT_SCORE
 from vl_anomaly.deploy import BACKENDS
 from vl_anomaly.registry import list_models
 from vl_anomaly.scores import list_scores
@@ -54,10 +55,16 @@ def _size_check(value: int) -> str | None:
 
 #: The node's parameters. ``read_only`` ones are read by ``configure``; the others may change at run time.
 PARAMS: dict[str, ParamSpec] = {
-    "model": ParamSpec("espnetv2_s2.0_cityscapes", "registered model name (vl-anomaly list-models)",
+    "model": ParamSpec(DEFAULT_MODEL, "registered model name (vl-anomaly list-models)",
                        read_only=True, check=_model_check),
     "weights": ParamSpec("default", "'default' (the registered weights, sha256-verified) or a .pth / .safetensors "
                                     "file or transformers checkpoint directory", read_only=True),
+    "clip_weights": ParamSpec("default", "VL models: CLIP weights — 'default' (the registered record, SHA-256 "
+                                         "checked), 'none' (random) or a local open_clip / OpenAI checkpoint",
+                              read_only=True),
+    "fusion_config": ParamSpec("", "weights of the 'fused' score: a fusion YAML (vl-anomaly calibrate) or a shipped "
+                                   "config name; '' = the model's own (its config, else the shipped one of its name)",
+                               read_only=True),
     "device": ParamSpec("cpu", "torch device: cpu, cuda, cuda:N", read_only=True, check=_device_check),
     "backend": ParamSpec("torch", "inference backend: torch, onnxruntime (the checked ONNX export of the model, "
                                   "cached on first use) or tensorrt (engine built from it; needs TensorRT and a GPU)",
@@ -71,7 +78,7 @@ PARAMS: dict[str, ParamSpec] = {
                               read_only=True, min=0, max=4096, check=_size_check),
     "input_width": ParamSpec(0, "network input width in px (multiple of 32); 0 = the weights' training size",
                              read_only=True, min=0, max=8192, check=_size_check),
-    "score": ParamSpec("msp", "anomaly score (vl-anomaly list-models shows the scores)", read_only=True,
+    "score": ParamSpec(DEFAULT_SCORE, "anomaly score (vl-anomaly list-models shows the scores)", read_only=True,
                        check=_score_check),
     "threshold": ParamSpec(float("nan"), "obstacle threshold in score units (score ≥ threshold is anomalous); "
                                          "NaN = the score's documented default", allow_nan=True),

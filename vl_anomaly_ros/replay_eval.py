@@ -19,8 +19,8 @@ from tqdm import tqdm
 from vl_anomaly.datasets import DATASETS, SMIYC_LABELS, AnomalyDataset, Frame
 from vl_anomaly.evaluation import run_evaluation
 
-from .bags import DEFAULT_GT_TOPIC, DEFAULT_NAME_TOPIC, BagError, BagFile, image_to_array
-from .conversions import stamp_ns
+from .bags import DEFAULT_GT_TOPIC, DEFAULT_NAME_TOPIC, BagError, BagFile
+from .conversions import image_msg_to_array, stamp_ns
 from .replay import register_our_types
 
 
@@ -45,11 +45,11 @@ def _ground_truth(input_bag: Path, frames_dir: Path, gt_topic: str, name_topic: 
             if t == name_topic:
                 names[t_ns] = msg.data               # String has no header: bag time, which equals the stamp
             elif t == gt_topic:
-                labels[stamp_ns(msg)] = image_to_array(msg)
+                labels[stamp_ns(msg)] = image_msg_to_array(msg)
             elif msg.__msgtype__.endswith("CompressedImage"):
                 images[stamp_ns(msg)] = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             else:
-                array = image_to_array(msg)
+                array = image_msg_to_array(msg)
                 images[stamp_ns(msg)] = array[..., ::-1] if msg.encoding == "bgr8" else array
     dataset_names = {n.split("/", 1)[0] for n in names.values()}
     if len(dataset_names) != 1:
@@ -104,7 +104,7 @@ def replay_eval(input_bag: Path, output_bag: Path, out_dir: Path, node_name: str
                     unmatched.append(stamp)
                     continue
                 raise BagError(f"output bag {output_bag}: a score map with stamp {stamp} matches no input frame")
-            np.save(maps_dir / name / f"{fid}.npy", image_to_array(msg))
+            np.save(maps_dir / name / f"{fid}.npy", image_msg_to_array(msg))
             received[stamp] = t_ns
         played = _played(bag)
         diagnostics = _last_counters(bag, node_name)

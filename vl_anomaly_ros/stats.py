@@ -93,3 +93,39 @@ class FrameStats:
                               "max": float(arr.max())} if arr.size else {"p50": None, "p95": None, "max": None})
         out["in_flight"] = out["received"] - out["processed"] - out["dropped_total"] - out["rejected_total"]
         return out
+
+
+def frame_status(snap: dict, *, configured: bool, error: str, active: bool, no_input_warn_s: float,
+                 image_topic: str) -> tuple[str, str]:
+    """Level (``OK``, ``WARN``, ``ERROR``: names of ``diagnostic_msgs/DiagnosticStatus`` levels) and message of the
+    node's frames status, from a :meth:`FrameStats.snapshot` and the node's state."""
+    idle = snap["seconds_since_input"]
+    if not configured:
+        return ("ERROR", error) if error else ("WARN", "unconfigured (waiting for the configure transition)")
+    if not active:
+        return "WARN", "configured, inactive"
+    if idle is None or idle > no_input_warn_s:
+        return "WARN", (f"no input on {image_topic} " + ("yet" if idle is None else f"for {idle:.1f} s")
+                        + " (check topic and QoS)")
+    if snap["rejected_total"] and snap["last_rejection"]:
+        return "OK", f"processing; last rejection {snap['last_rejection'][:200]}"
+    return "OK", "processing"
+
+
+def diagnostic_values(snap: dict, settings: dict) -> dict[str, str]:
+    """The key/value pairs of the frames status: ``settings`` (model, score, queue policy, camera_info state…),
+    the frame account (``received = processed + dropped + rejected + in_flight``), drops, rejections and events by
+    reason, and p50/p95/max of every timing series (ms)."""
+    values = {"received": snap["received"], "processed": snap["processed"], "dropped": snap["dropped_total"],
+              "rejected": snap["rejected_total"], "in_flight": snap["in_flight"], "rate_hz": round(snap["rate_hz"], 3),
+              **{k: v for k, v in settings.items() if k != "camera_info"},
+              "last_rejection": snap["last_rejection"][:200]}
+    for group in ("dropped", "rejected", "events"):
+        for reason, count in sorted(snap[group].items()):
+            values[f"{group}.{reason}"] = count
+    if "camera_info" in settings:
+        values["camera_info"] = settings["camera_info"]
+    for name in [k for k in snap if k.endswith("_ms")]:
+        for pct, value in snap[name].items():
+            values[f"{name}.{pct}"] = "" if value is None else round(value, 2)
+    return {k: str(v) for k, v in values.items()}

@@ -14,9 +14,9 @@ import yaml
 
 import ros_harness  # noqa: F401  (environment)
 from vl_anomaly.datasets import load_dataset
-from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, image_to_array, typestore,
+from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, typestore,
                                  write_dataset_bag)
-from vl_anomaly_ros.conversions import stamp_ns
+from vl_anomaly_ros.conversions import image_msg_to_array, stamp_ns
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,10 @@ def test_dataset_bag_content(dataset, tmp_path):
         t_ns, image = seen["/camera/image_raw"][i]
         assert t_ns == stamp_ns(image) == DEFAULT_START_NS + i * 250_000_000
         assert image.encoding == "rgb8" and image.header.frame_id == "camera_optical"
-        np.testing.assert_array_equal(image_to_array(image), rgb)
+        np.testing.assert_array_equal(image_msg_to_array(image), rgb)
         gt = seen["/ground_truth/anomaly_mask"][i][1]
         assert stamp_ns(gt) == t_ns and gt.encoding == "mono8"
-        np.testing.assert_array_equal(image_to_array(gt), label)
+        np.testing.assert_array_equal(image_msg_to_array(gt), label)
         info = seen["/camera/camera_info"][i][1]
         assert (info.width, info.height) == (rgb.shape[1], rgb.shape[0]) and not info.k.any()
         assert seen["/ground_truth/frame_name"][i] == (t_ns, seen["/ground_truth/frame_name"][i][1])
@@ -79,7 +79,7 @@ def test_sqlite3_bags_are_read_too(tmp_path):
         assert bag.storage() == "sqlite3" and bag.find_image_topic()[0] == "/cam/img"
         (_, t_ns, read), = list(bag.messages(["/cam/img"]))
     assert t_ns == stamp_ns(read) == 5_000_000_007
-    np.testing.assert_array_equal(image_to_array(read), pixels)
+    np.testing.assert_array_equal(image_msg_to_array(read), pixels)
 
 
 def test_broken_bags_name_the_file_and_what_was_read(dataset, tmp_path):
@@ -99,7 +99,7 @@ def test_broken_bags_name_the_file_and_what_was_read(dataset, tmp_path):
         images = [m for _, _, m in bag.messages(["/camera/image_raw"])]
     assert 0 < len(images) < 6
     for i, image in enumerate(images):
-        np.testing.assert_array_equal(image_to_array(image), dataset.load(i)[1])
+        np.testing.assert_array_equal(image_msg_to_array(image), dataset.load(i)[1])
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tmp_path / "bag", corrupt)
     (corrupt / "metadata.yaml").write_text("rosbag2_bagfile_information: [not, a, bag")

@@ -1,7 +1,7 @@
 """The node on the ONNX Runtime backend over real ROS 2 transport: a VL-Anomaly model exported with
 ``vl-anomaly export`` (segmenter + aligner graph, CLIP crop encoder, text tables) runs in the node through the
 ``backend`` and ``onnx_path`` parameters and publishes the same fused score as the offline predictor on that
-export."""
+export; a plain segmenter's fused score follows the ``fusion_config`` parameter."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_vl_model_on_onnxruntime_in_the_node(probe, ros_log_dir, anomaly_val, ti
 
     name = "vl_anomaly_onnx"
     probe.subscribe(Image, f"/{name}/anomaly_score", 10)
-    params = {**NODE_TEST_PARAMS, "model": tiny_vl_model, "weights": "untrained", "score": "vl_fused",
+    params = {**NODE_TEST_PARAMS, "model": tiny_vl_model, "weights": "untrained", "score": "fused",
               "backend": "onnxruntime", "onnx_path": str(onnx_path)}
     node = start_node(probe, name, params, ros_log_dir, remaps={"image": "/onnx/image"})
     try:
@@ -37,8 +37,33 @@ def test_vl_model_on_onnxruntime_in_the_node(probe, ros_log_dir, anomaly_val, ti
         published = image_msg_to_array(probe.messages(f"/{name}/anomaly_score")[0])
     finally:
         assert node.stop() == 0, node.log()
-    offline = create_predictor(tiny_vl_model, score="vl_fused", backend="onnxruntime", onnx_path=onnx_path,
+    offline = create_predictor(tiny_vl_model, score="fused", backend="onnxruntime", onnx_path=onnx_path,
                                input_size=(256, 512)).score_image(rgb)[0]
     assert published.shape == rgb.shape[:2]
     np.testing.assert_allclose(published, offline, atol=1e-5)
     assert published.max() > 0.1
+
+
+def test_fusion_config_parameter_gives_the_offline_fused_score(probe, ros_log_dir, anomaly_val, tmp_path):
+    """A plain segmenter's ``fused`` score in the node, weights from the ``fusion_config`` parameter (a YAML of
+    ``vl-anomaly calibrate``'s format): the published map equals ``create_predictor(..., fusion=that YAML)``."""
+    from vl_anomaly.fusion import FusionCfg, SourceNorm
+
+    fusion = FusionCfg({"msp": 0.4, "energy": 0.6}, {"msp": SourceNorm(0.0, 0.7), "energy": SourceNorm(-20.0, -4.0)})
+    path = fusion.save(tmp_path / "fusion.yaml")
+    name = "vl_anomaly_fused"
+    probe.subscribe(Image, f"/{name}/anomaly_score", 10)
+    params = {**NODE_TEST_PARAMS, "score": "fused", "fusion_config": str(path)}
+    node = start_node(probe, name, params, ros_log_dir, remaps={"image": "/fused/image"})
+    try:
+        rgb = read_image(anomaly_val / "RoadObstacle21" / "images" / "1.webp")
+        msg = array_to_image_msg(rgb, "rgb8")
+        msg.header.stamp.sec = 4343
+        probe.publisher(Image, "/fused/image", 10).publish(msg)
+        assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 90.0), node.log()
+        published = image_msg_to_array(probe.messages(f"/{name}/anomaly_score")[0])
+    finally:
+        assert node.stop() == 0, node.log()
+    offline = create_predictor(score="fused", fusion=path, input_size=(256, 512)).score_image(rgb)[0]
+    np.testing.assert_allclose(published, offline, atol=1e-6)
+    assert 0.0 <= published.min() and published.max() <= 1.0

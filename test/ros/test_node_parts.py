@@ -18,7 +18,7 @@ from vl_anomaly_ros import params as P
 from vl_anomaly_ros.frame_queue import FrameQueue
 from vl_anomaly_ros.ground import PinholeCamera, ground_point, obstacle_ground_points
 from vl_anomaly_ros.model_worker import ModelWorker, WorkerStopped, WorkerTimeout
-from vl_anomaly_ros.stats import FrameStats
+from vl_anomaly_ros.stats import FrameStats, diagnostic_values, frame_status
 
 
 def _queue(policy, depth=1):
@@ -117,6 +117,18 @@ def test_stats_invariant_and_percentiles():
     assert snap["in_flight"] == 3 and snap["dropped"] == {"superseded": 1, "stale": 1}
     assert snap["latency_ms"]["p50"] == pytest.approx(25.0) and snap["latency_ms"]["max"] == 40.0
     assert snap["last_rejection"].startswith("encoding:")
+    values = diagnostic_values(snap, {"model": "m", "score": "msp", "queue_policy": "latest", "camera_info": "none"})
+    assert values["received"] == "10" and values["dropped.stale"] == "1" and values["rejected.encoding"] == "1"
+    assert values["latency_ms.p50"] == "25.0" and values["camera_info"] == "none" and values["model"] == "m"
+    assert all(isinstance(v, str) for v in values.values())
+    status = dict(configured=True, error="", active=True, no_input_warn_s=5.0, image_topic="/cam/image")
+    level, message = frame_status(snap, **status)
+    assert level == "OK" and message.startswith("processing; last rejection encoding:")
+    assert frame_status(snap, **{**status, "active": False}) == ("WARN", "configured, inactive")
+    assert frame_status(snap, **{**status, "configured": False, "error": "configure failed: x"}) == \
+        ("ERROR", "configure failed: x")
+    idle = frame_status(FrameStats().snapshot(), **status)
+    assert idle == ("WARN", "no input on /cam/image yet (check topic and QoS)")
 
 
 CAMERA = PinholeCamera(fx=1000.0, fy=1000.0, cx=959.5, cy=539.5, width=1920, height=1080)
@@ -177,6 +189,17 @@ def test_default_yaml_matches_the_parameter_table():
             assert math.isnan(value)
         else:
             assert value == default and type(value) is type(default), name
+
+
+def test_launch_defaults_are_the_core_defaults():
+    """XML cannot import Python: the launch file's model and score defaults are checked against vl_anomaly.defaults,
+    where they are defined once (the parameter table and config/vl_anomaly.yaml take them from there)."""
+    from vl_anomaly.defaults import DEFAULT_MODEL, DEFAULT_SCORE
+
+    args = {a.get("name"): a.get("default") for a in ET.parse(REPO_ROOT / "launch" / "vl_anomaly.launch.xml").getroot()
+            .iter("arg")}
+    assert args["model"] == DEFAULT_MODEL == P.PARAMS["model"].default
+    assert args["score"] == DEFAULT_SCORE == P.PARAMS["score"].default
 
 
 def test_fastdds_profile_and_rviz_config():
