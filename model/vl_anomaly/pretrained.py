@@ -82,6 +82,24 @@ _PRETRAINED: dict[str, PretrainedCfg] = {
         sha256="a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8",
         dataset="Cityscapes (19 train IDs + background)", license="MIT", origin="sacmehta/EdgeNets",
         published={"cityscapes_val_miou": 66.4}),
+    "espnetv2_s1.5_cityscapes": PretrainedCfg(
+        preprocess=_ESPNETV2_PREPROCESS,
+        filename="espnetv2_s1.5_cityscapes_1024x512.pth",
+        sha256="0dbbda9126583d62f73dfdc28a59a30ab4564094ee6d28428b897a4e36c466b4",
+        dataset="Cityscapes (19 train IDs + background)", license="MIT", origin="sacmehta/EdgeNets",
+        published={"cityscapes_val_miou": 63.8}),
+    "espnetv2_s1.0_cityscapes": PretrainedCfg(
+        preprocess=_ESPNETV2_PREPROCESS,
+        filename="espnetv2_s1.0_cityscapes_1024x512.pth",
+        sha256="0918c833fed889e32901ce739b1784fdd2b79f95a9aea199a469ca3394dd7a14",
+        dataset="Cityscapes (19 train IDs + background)", license="MIT", origin="sacmehta/EdgeNets",
+        published={"cityscapes_val_miou": 60.1}),
+    "dicenet_s1.75_cityscapes": PretrainedCfg(
+        preprocess=_ESPNETV2_PREPROCESS,
+        filename="dicenet_s1.75_cityscapes_1024x512.pth",
+        sha256="3b00bf5392030be1646111d95e98ab27cb379c407bbb85ca94e2ce057ee401cf",
+        dataset="Cityscapes (19 train IDs + background)", license="MIT", origin="sacmehta/EdgeNets",
+        published={"cityscapes_val_miou": 63.4}),
     "mask2former_swin_t_cityscapes": PretrainedCfg(
         preprocess=_MASK2FORMER_PREPROCESS,
         hf_hub_id="facebook/mask2former-swin-tiny-cityscapes-semantic",

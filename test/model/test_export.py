@@ -16,7 +16,7 @@ TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64
                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 
 
-@pytest.mark.parametrize("name", ["espnetv2_s2.0_cityscapes", "espnet_p2_q8_cityscapes"])
+@pytest.mark.parametrize("name", ["espnetv2_s2.0_cityscapes", "espnet_p2_q8_cityscapes", "dicenet_s1.75_cityscapes"])
 def test_onnxruntime_matches_pytorch_on_a_real_image(name, road_obstacle_image):
     onnx = create_predictor(name, backend="onnxruntime", input_size=SIZE)            # exported + checked once
     torch_predictor = create_predictor(name, input_size=SIZE)

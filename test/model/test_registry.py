@@ -40,7 +40,7 @@ def test_every_registered_model_builds_and_fulfils_the_contract(name):
     stride = out.feature_stride
     assert out.pixel_features.shape[-2:] == (size[0] // stride, size[1] // stride)
     assert out.pixel_features.shape[1] == model.feature_channels
-    if cfg["family"] in ("espnet", "espnetv2"):
+    if cfg["family"] in ("espnet", "espnetv2", "dicenet"):
         assert out.void_logits.shape == (1, 1, *size) and not out.has_mask_queries
     else:
         assert out.has_mask_queries

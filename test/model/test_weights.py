@@ -10,11 +10,13 @@ import torch
 from vl_anomaly import WeightsError, create_model
 from vl_anomaly.cpu import (count_subnormal, disable_flush_to_zero, enable_flush_to_zero, flush_subnormals_,
                             flush_to_zero, subnormal_mask)
-from vl_anomaly.networks import ESPNet, ESPNetv2
+from vl_anomaly.networks import DiCENet, ESPNet, ESPNetv2
 from vl_anomaly.pretrained import (cache_path, find_weight_file, get_pretrained_cfg, load_registered_state_dict,
                                   sha256_file)
 
-CASES = [("espnet_p2_q8_cityscapes", ESPNet), ("espnetv2_s2.0_cityscapes", ESPNetv2)]
+CASES = [("espnet_p2_q8_cityscapes", ESPNet), ("espnetv2_s2.0_cityscapes", ESPNetv2),
+         ("espnetv2_s1.5_cityscapes", lambda: ESPNetv2(scale=1.5)), ("espnetv2_s1.0_cityscapes", lambda: ESPNetv2(scale=1.0)),
+         ("dicenet_s1.75_cityscapes", DiCENet)]
 
 
 @pytest.mark.parametrize("name,cls", CASES)

@@ -6,6 +6,7 @@ from ..registry import register_family
 from .espnet import ESPNet
 from .espnetv2 import ESPNetv2
 from .clip_towers import FrozenCLIP
+from .dicenet import DiCENet
 from .mask2former import Mask2FormerSegmenter
 from .vl_anomaly import VLAnomalyModel
 
@@ -20,6 +21,11 @@ def _build_espnetv2(**arch) -> ESPNetv2:
     return ESPNetv2(**arch)
 
 
+@register_family("dicenet")
+def _build_dicenet(**arch) -> DiCENet:
+    return DiCENet(**arch)
+
+
 @register_family("mask2former")
 def _build_mask2former(num_classes: int = 19, **arch) -> Mask2FormerSegmenter:
     return Mask2FormerSegmenter.from_config(arch, num_classes=num_classes)
@@ -30,4 +36,4 @@ def _build_vl_anomaly(segmenter: nn.Module, clip: FrozenCLIP, class_names: tuple
     return VLAnomalyModel(segmenter, clip, class_names, **arch)
 
 
-__all__ = ["ESPNet", "ESPNetv2", "Mask2FormerSegmenter", "VLAnomalyModel"]
+__all__ = ["DiCENet", "ESPNet", "ESPNetv2", "Mask2FormerSegmenter", "VLAnomalyModel"]

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..outputs import SegmenterOutput
 from .espnet import split_void_channel
-from .layers import BNPReLU, Conv, ConvBN, ConvBNPReLU, avg_pool_half
+from .layers import BNPReLU, Conv, ConvBN, ConvBNPReLU, SeqBNPReLU, SeqConvBNPReLU, avg_pool_half
 
 # Channels per level for each width scale s (levels 1..4; level 5 is the classification head, unused here).
 _CHANNELS = {0.5: (16, 32, 64, 128), 1.0: (32, 64, 128, 256), 1.25: (32, 80, 160, 320),
@@ -80,30 +80,6 @@ class EESP(nn.Module):
         if expanded.shape == x.shape:
             expanded = expanded + x
         return self.module_act(expanded)
-
-
-class _SeqConvBNPReLU(nn.Module):
-    """Conv → BN → PReLU stored as ``cbr.0/1/2`` (the decoder's naming)."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, groups: int = 1) -> None:
-        super().__init__()
-        self.cbr = nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=(kernel - 1) // 2, groups=groups,
-                                           bias=False),
-                                 nn.BatchNorm2d(out_ch), nn.PReLU(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cbr(x)
-
-
-class _SeqBNPReLU(nn.Module):
-    """BN → PReLU stored as ``br.0/1``."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.br = nn.Sequential(nn.BatchNorm2d(channels), nn.PReLU(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.br(x)
 
 
 class StridedEESP(nn.Module):
@@ -171,16 +147,16 @@ class EfficientPyramidPooling(nn.Module):
     def __init__(self, in_ch: int, proj_ch: int, out_ch: int, last_bn_act: bool = True) -> None:
         super().__init__()
         n_scales = len(_PYRAMID_SCALES)
-        self.projection_layer = _SeqConvBNPReLU(in_ch, proj_ch, 1)
+        self.projection_layer = SeqConvBNPReLU(in_ch, proj_ch, 1)
         self.stages = nn.ModuleList(nn.Conv2d(proj_ch, proj_ch, 3, padding=1, groups=proj_ch, bias=False)
                                     for _ in _PYRAMID_SCALES)
         self.merge_layer = nn.Sequential(
-            _SeqBNPReLU(proj_ch * n_scales),
+            SeqBNPReLU(proj_ch * n_scales),
             nn.ChannelShuffle(n_scales),
-            _SeqConvBNPReLU(proj_ch * n_scales, proj_ch, 3, groups=proj_ch),
+            SeqConvBNPReLU(proj_ch * n_scales, proj_ch, 3, groups=proj_ch),
             nn.Conv2d(proj_ch, out_ch, 1, bias=not last_bn_act),
         )
-        self.br = _SeqBNPReLU(out_ch) if last_bn_act else None
+        self.br = SeqBNPReLU(out_ch) if last_bn_act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.projection_layer(x)
@@ -209,7 +185,7 @@ class EfficientPointwiseProjection(nn.Module):
         super().__init__()
         self.wt_layer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_ch, out_ch, 1, bias=False),
                                       nn.Sigmoid())
-        self.expansion_layer = _SeqConvBNPReLU(in_ch, out_ch, 3, groups=math.gcd(in_ch, out_ch))
+        self.expansion_layer = SeqConvBNPReLU(in_ch, out_ch, 3, groups=math.gcd(in_ch, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.expansion_layer(x) * self.wt_layer(x)

@@ -75,6 +75,31 @@ class BNPReLU(nn.Module):
         return self.act(self.bn(x))
 
 
+class SeqConvBNPReLU(nn.Module):
+    """Conv → BN → PReLU stored as ``cbr.0/1/2`` (the naming of the EdgeNets decoders and of DiCENet);
+    'same' padding, output ``⌈H/stride⌉ × ⌈W/stride⌉``."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        self.cbr = nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2,
+                                           groups=groups, bias=False),
+                                 nn.BatchNorm2d(out_ch), nn.PReLU(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cbr(x)
+
+
+class SeqBNPReLU(nn.Module):
+    """BN → PReLU stored as ``br.0/1``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.br = nn.Sequential(nn.BatchNorm2d(channels), nn.PReLU(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.br(x)
+
+
 def avg_pool_half(x: torch.Tensor) -> torch.Tensor:
     """3×3 average pooling with stride 2 and padding 1 (zeros counted): ``(B, C, H, W) → (B, C, ⌈H/2⌉, ⌈W/2⌉)``."""
     return nn.functional.avg_pool2d(x, kernel_size=3, stride=2, padding=1)
