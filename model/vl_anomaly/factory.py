@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -60,6 +61,13 @@ def _create_components(cfg: dict, weights, device: str, clip_weights) -> dict:
     its prompts describe). Plain families have none."""
     components: dict = {}
     random = weights is None
+    if "members" in cfg:
+        names = member_names(cfg)
+        components["members"] = [create_model(m, weights=None if random else "default", device=device)
+                                 for m in names]
+        components["member_inputs"] = [_member_input(m, spec.get("resolution", 1.0))
+                                       for m, spec in zip(names, cfg["members"])]
+        components["member_names"] = names
     if "segmenter" in cfg:
         components["segmenter"] = create_model(cfg["segmenter"], weights=None if random else "default", device=device)
     if "clip" in cfg:
@@ -74,6 +82,41 @@ def _create_components(cfg: dict, weights, device: str, clip_weights) -> dict:
                                                config=clip_cfg.get("config"))
         components["class_names"] = CLASS_LISTS[cfg["classes"]]
     return components
+
+
+def member_names(cfg: dict) -> list[str]:
+    """The registered member names of an ensemble config (``members: [{model: NAME, resolution: F}, ...]``),
+    checked: plain registered segmenters of the ensemble's class list."""
+    members = cfg.get("members")
+    if not isinstance(members, list) or not members:
+        raise ConfigError(f"ensemble {cfg.get('name')!r}: 'members' must be a non-empty list of "
+                          "{model: NAME, resolution: F}")
+    names = []
+    for spec in members:
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or set(spec) - {"model", "resolution"}:
+            raise ConfigError(f"ensemble {cfg.get('name')!r}: each member is {{model: NAME, resolution: F}} "
+                              f"(resolution optional, in (0, 1]); got {spec!r}")
+        member = get_model_config(spec["model"])
+        if {"segmenter", "clip", "members"} & set(member) or member["family"] == "mask2former":
+            raise ConfigError(f"ensemble {cfg.get('name')!r}: member {spec['model']!r} must be a pixel classifier "
+                              f"(ESPNet, ESPNetv2, DiCENet), not a {member['family']} model")
+        if member["classes"] != cfg["classes"]:
+            raise ConfigError(f"ensemble {cfg.get('name')!r}: member {spec['model']!r} predicts "
+                              f"{member['classes']} classes, the ensemble {cfg['classes']}")
+        resolution = float(spec.get("resolution", 1.0))
+        if not 0.0 < resolution <= 1.0:
+            raise ConfigError(f"ensemble {cfg.get('name')!r}: member {spec['model']!r} resolution must be in "
+                              f"(0, 1], got {resolution}")
+        names.append(spec["model"])
+    return names
+
+
+def _member_input(name: str, resolution: float):
+    from .networks.ensemble import MemberInput
+
+    pre = get_preprocess_cfg(name)
+    return MemberInput(bgr=pre.channel_order == "bgr", mean=tuple(pre.mean), std=tuple(pre.std), scale=pre.scale,
+                       resolution=float(resolution), antialias=True)
 
 
 def _load_own_weights(model: nn.Module, name: str, path: Path, components: dict) -> None:
@@ -107,6 +150,8 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
     record = get_pretrained_cfg(name)
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
+    if "members" in cfg:
+        return _create_ensemble(name, cfg, weights, device)
     composite = "segmenter" in cfg or "clip" in cfg
     if composite and weights == "default" and (record is None or record.filename is None):
         raise WeightsError(f"{name}: no trained {cfg['family']} head is registered (none can be trained on our "
@@ -142,12 +187,35 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
     return model.to(device).eval()
 
 
+def _create_ensemble(name: str, cfg: dict, weights, device: str) -> nn.Module:
+    """An ensemble (family ``ensemble``): its members with their registered weights (``"default"``), random
+    (None), or a ``.safetensors`` state dict of the whole ensemble (loaded strictly)."""
+    if weights not in (None, "default") and Path(weights).suffix != ".safetensors":
+        raise WeightsError(f"{name}: an ensemble takes its members' registered weights ('default'), random weights "
+                           f"(None) or a .safetensors state dict of the whole ensemble; got {weights}")
+    model = build_network(cfg, **_create_components(cfg, weights, device, None))
+    if weights is None:
+        _LOG.warning("model %s uses random weights: its scores are meaningless", name)
+    elif weights != "default":
+        _load_state_dict_strict(model, _load_safetensors(Path(weights).expanduser()), str(weights))
+    return model.to(device).eval()
+
+
 def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> PreprocessCfg:
     """The pre-processing of a model's registered weights (a composite model's: its segmenter's), optionally at
     another network input size."""
     cfg = get_model_config(name)
     if "segmenter" in cfg:
         return get_preprocess_cfg(cfg["segmenter"], input_size)
+    if "members" in cfg:                  # raw RGB, resized once; each member normalises inside the forward pass
+        names = member_names(cfg)
+        members = [get_preprocess_cfg(m) for m in names]
+        divisor = max(int(math.ceil(p.size_divisor / float(spec.get("resolution", 1.0))))
+                      for p, spec in zip(members, cfg["members"]))
+        divisor = math.lcm(*[p.size_divisor for p in members], divisor)
+        return PreprocessCfg(input_size=members[0].input_size, channel_order="rgb", mean=(0.0, 0.0, 0.0),
+                             std=(1.0, 1.0, 1.0), scale=1.0, antialias=True,
+                             size_divisor=divisor).with_input_size(input_size)
     record = get_pretrained_cfg(name)
     cfg = record.preprocess if record is not None else PreprocessCfg()
     return cfg.with_input_size(input_size)

@@ -32,6 +32,9 @@ class SegmenterOutput:
         masks_queries_logits: ``(B, Q, H/4, W/4)`` per-query mask logits of mask-query models.
         query_embeddings: ``(B, Q, D)`` final decoder query states (after the decoder's last layer norm), the
             input of the mask embedder; for the mask-level aligner.
+        member_logits: ``(B, M, K, H, W)`` the class logits of each of the M members of an ensemble
+            (:class:`~vl_anomaly.networks.ensemble.EnsembleSegmenter`), resampled to H × W; ``logits`` is then the
+            log of their mean softmax.
     """
 
     logits: torch.Tensor
@@ -41,6 +44,7 @@ class SegmenterOutput:
     class_queries_logits: torch.Tensor | None = None
     masks_queries_logits: torch.Tensor | None = None
     query_embeddings: torch.Tensor | None = None
+    member_logits: torch.Tensor | None = None
 
     @property
     def has_mask_queries(self) -> bool:

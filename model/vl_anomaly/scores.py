@@ -67,6 +67,51 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return -temperature * torch.logsumexp(logits / temperature, dim=1)
 
 
+def mutual_information(member_logits: torch.Tensor) -> torch.Tensor:
+    """Mutual information between the class and the ensemble member (BALD; Gal et al. 2017), normalised:
+    ``s = (H(p̄) − (1/M) Σ_m H(p_m)) / log K`` with ``p_m = softmax(ℓ_m)``, ``p̄ = (1/M) Σ_m p_m``, ``H`` the
+    entropy. High where the members disagree, whatever each one's own confidence.
+
+    Args: member_logits ``(B, M, K, H, W)``. Returns ``(B, H, W)`` in ``[0, log M / log K]``.
+    """
+    log_p = member_logits.log_softmax(dim=2)
+    member_entropy = -(log_p.exp() * log_p).sum(dim=2).mean(dim=1)                  # (B, H, W)
+    log_mean = torch.logsumexp(log_p, dim=1) - math.log(member_logits.shape[1])     # (B, K, H, W)
+    mean_entropy = -(log_mean.exp() * log_mean).sum(dim=1)
+    return ((mean_entropy - member_entropy) / math.log(member_logits.shape[2])).clamp_min(0.0)
+
+
+def boundary_suppressed(score: torch.Tensor, logits: torch.Tensor, radius: int = 2, small_area: int = 2000,
+                        factor: float = 0.5) -> torch.Tensor:
+    """Class-boundary suppression that keeps small objects: ``s' = s · (1 − (1 − factor) · b)``, where ``b`` = 1
+    on pixels within ``radius`` px of an edge of the predicted class map (argmax of ``logits``) **between two
+    large regions**, and 0 elsewhere. A region is large when its connected component of one predicted class has
+    ≥ ``small_area`` px (at the network resolution); edges that touch a small region — a small obstacle called
+    "pole", "person" or "car" — keep their score, so boundary handling cannot erase small objects.
+
+    Args: score ``(B, H, W)``, logits ``(B, K, H, W)`` at the same resolution. Returns ``(B, H, W)``.
+    """
+    import cv2
+
+    labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()                        # (B, H, W)
+    out = score.clone()
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    for b, label in enumerate(labels):
+        edge = cv2.dilate(label, kernel) != cv2.erode(label, kernel)                  # near a class change
+        small = np.zeros(label.shape, np.uint8)
+        for k in np.unique(label):
+            count, comp, stats, _ = cv2.connectedComponentsWithStats((label == k).astype(np.uint8), connectivity=8)
+            areas = stats[:, cv2.CC_STAT_AREA]
+            tiny = np.flatnonzero(areas < small_area)
+            tiny = tiny[tiny > 0]
+            if tiny.size:
+                small |= np.isin(comp, tiny).astype(np.uint8)
+        near_small = cv2.dilate(small, kernel).astype(bool)
+        suppress = torch.from_numpy(edge & ~near_small).to(score.device)
+        out[b] = torch.where(suppress, score[b] * factor, score[b])
+    return out
+
+
 def rba(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor,
         size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """Rejected by All (Nayal et al., ICCV 2023): ``s = −Σ_k tanh(ℓ_k)``, ``ℓ_k = Σ_q c_q[k] · σ(m_q)``.
@@ -98,11 +143,14 @@ class ScoringCfg:
         detector: the score whose candidate regions (above its default threshold) the CLIP crop source encodes.
         max_crops: cap on CLIP crops per frame (largest regions first).
         fusion: the weights and normalisations of the ``fused`` score, or None (then ``fused`` is unavailable).
+        boundary: ``radius`` (px), ``small_area`` (px) and ``factor`` of ``msp_boundary``
+            (:func:`boundary_suppressed`), at the network resolution.
     """
 
     detector: str = DEFAULT_SCORE
     max_crops: int = 20
     fusion: FusionCfg | None = None
+    boundary: dict = field(default_factory=lambda: {"radius": 2, "small_area": 2000, "factor": 0.5})
 
     def __post_init__(self) -> None:
         if self.detector not in SCORES or SCORES[self.detector].needs_vl or SCORES[self.detector].needs_fusion:
@@ -120,19 +168,20 @@ class ScoringCfg:
     def from_model_config(cls, cfg: dict) -> "ScoringCfg":
         """The ``sources`` (``detector``, ``max_crops``) and ``fusion`` sections of a registered model config."""
         sources = dict(cfg.get("sources") or {})
-        unknown = set(sources) - {"detector", "max_crops"}
+        unknown = set(sources) - {"detector", "max_crops", "boundary"}
         if unknown:
             raise ConfigError(f"model {cfg.get('name')!r}: unknown sources settings {sorted(unknown)}")
         fusion = FusionCfg.from_dict(cfg["fusion"]) if cfg.get("fusion") else None
+        boundary = {**cls().boundary, **dict(sources.get("boundary") or {})}
         return cls(detector=str(sources.get("detector", DEFAULT_SCORE)), max_crops=int(sources.get("max_crops", 20)),
-                   fusion=fusion)
+                   fusion=fusion, boundary=boundary)
 
     def with_fusion(self, fusion: FusionCfg | None) -> "ScoringCfg":
         """A copy with another fusion config (None keeps this one)."""
         return self if fusion is None else replace(self, fusion=fusion)
 
     def to_dict(self) -> dict:
-        return {"detector": self.detector, "max_crops": int(self.max_crops),
+        return {"detector": self.detector, "max_crops": int(self.max_crops), "boundary": dict(self.boundary),
                 "fusion": self.fusion.to_dict() if self.fusion is not None else None}
 
 
@@ -205,6 +254,7 @@ class ScoreSpec:
         description: one line for help texts.
         needs_vl: needs a vision-language model (family ``vl_anomaly``).
         needs_fusion: needs a fusion config (:attr:`ScoringCfg.fusion`).
+        needs_members: needs an ensemble (``SegmenterOutput.member_logits``).
     """
 
     fn: Callable[[ScoreContext], torch.Tensor]
@@ -214,6 +264,27 @@ class ScoreSpec:
     description: str
     needs_vl: bool = False
     needs_fusion: bool = False
+    needs_members: bool = False
+
+
+def _class_logits(ctx: ScoreContext) -> torch.Tensor:
+    """``(B, K, H, W)`` the logits of logit-scale scores (MaxLogit, energy): an ensemble's mean member logits
+    (its ``logits`` are log mean probabilities), any other model's logits."""
+    members = ctx.base.member_logits
+    return members.mean(dim=1) if members is not None else ctx.base.logits
+
+
+def _mutual_information_score(ctx: ScoreContext) -> torch.Tensor:
+    if ctx.base.member_logits is None:
+        raise ConfigError("score 'mutual_information' needs an ensemble (family ensemble, e.g. "
+                          "lite_ensemble_cityscapes): it measures how much the members disagree")
+    return mutual_information(ctx.base.member_logits)
+
+
+def _msp_boundary_score(ctx: ScoreContext) -> torch.Tensor:
+    cfg = ctx.cfg.boundary
+    return boundary_suppressed(msp(ctx.base.logits), ctx.base.logits, int(cfg.get("radius", 2)),
+                               int(cfg.get("small_area", 2000)), float(cfg.get("factor", 0.5)))
 
 
 def _rba_score(ctx: ScoreContext) -> torch.Tensor:
@@ -254,12 +325,17 @@ def _fused_score(ctx: ScoreContext) -> torch.Tensor:
 SCORES: dict[str, ScoreSpec] = {
     "msp": ScoreSpec(lambda c: msp(c.base.logits), (0.0, 1.0), False, 0.5,
                      "1 − maximum softmax probability"),
-    "max_logit": ScoreSpec(lambda c: max_logit(c.base.logits), (-math.inf, math.inf), False, -5.0,
-                           "negative maximum class logit"),
+    "max_logit": ScoreSpec(lambda c: max_logit(_class_logits(c)), (-math.inf, math.inf), False, -5.0,
+                           "negative maximum class logit (ensembles: of the members' mean logits)"),
     "entropy": ScoreSpec(lambda c: entropy(c.base.logits), (0.0, 1.0), False, 0.5,
                          "softmax entropy / log K"),
-    "energy": ScoreSpec(lambda c: energy(c.base.logits), (-math.inf, math.inf), False, -5.0,
-                        "negative log-sum-exp of the class logits"),
+    "energy": ScoreSpec(lambda c: energy(_class_logits(c)), (-math.inf, math.inf), False, -5.0,
+                        "negative log-sum-exp of the class logits (ensembles: of the members' mean logits)"),
+    "mutual_information": ScoreSpec(_mutual_information_score, (0.0, 1.0), False, 0.1,
+                                    "members' disagreement: entropy of the mean − mean entropy, / log K "
+                                    "(ensembles)", needs_members=True),
+    "msp_boundary": ScoreSpec(_msp_boundary_score, (0.0, 1.0), False, 0.5,
+                              "MSP damped on edges between large predicted regions (small objects kept)"),
     "rba": ScoreSpec(_rba_score, (-19.0, 19.0), True, 0.0,
                      "−Σ_k tanh of class-mask logits (mask-query models)"),
     "mask2anomaly": ScoreSpec(_mask2anomaly_score, (-math.inf, 1.0), True, 0.5,
@@ -281,7 +357,7 @@ def list_scores() -> list[str]:
 def pixel_scores() -> list[str]:
     """Scores defined for every segmenter (not only mask-query models, not the vision-language ones)."""
     return [name for name, spec in SCORES.items()
-            if not spec.needs_mask_queries and not spec.needs_vl and not spec.needs_fusion]
+            if not spec.needs_mask_queries and not spec.needs_vl and not spec.needs_fusion and not spec.needs_members]
 
 
 def get_score(name: str) -> ScoreSpec:
@@ -305,6 +381,9 @@ def check_score_fits(name: str, model: Any, cfg: ScoringCfg, model_name: str = "
         if source_spec.needs_vl and not getattr(model, "is_vision_language", False):
             raise ConfigError(f"score {source!r} needs a vision-language model (family vl_anomaly); {what} is a "
                               "plain segmenter")
+        if source_spec.needs_members and not getattr(model, "is_ensemble", False):
+            raise ConfigError(f"score {source!r} needs an ensemble (family ensemble, e.g. lite_ensemble_cityscapes); "
+                              f"{what} is a single network. Its scores: {', '.join(pixel_scores())}")
         if source_spec.needs_mask_queries and not getattr(model, "has_mask_queries", False):
             raise ConfigError(f"score {source!r} needs a mask-query model (Mask2Former); {what} is a pixel "
                               f"classifier. Pixel-classifier scores: {', '.join(pixel_scores())}")

@@ -40,7 +40,10 @@ def test_every_registered_model_builds_and_fulfils_the_contract(name):
     stride = out.feature_stride
     assert out.pixel_features.shape[-2:] == (size[0] // stride, size[1] // stride)
     assert out.pixel_features.shape[1] == model.feature_channels
-    if cfg["family"] in ("espnet", "espnetv2", "dicenet"):
+    if cfg["family"] == "ensemble":                             # mean of the members; their logits kept
+        assert out.member_logits.shape == (1, len(cfg["members"]), 19, *size) and not out.has_mask_queries
+        assert torch.allclose(out.logits.softmax(1), out.member_logits.softmax(2).mean(1), atol=1e-5)
+    elif cfg["family"] in ("espnet", "espnetv2", "dicenet"):
         assert out.void_logits.shape == (1, 1, *size) and not out.has_mask_queries
     else:
         assert out.has_mask_queries

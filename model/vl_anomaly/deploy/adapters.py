@@ -28,6 +28,7 @@ class ExportedSegmenter(nn.Module):
         self.path, self.record = runner.path, runner.record
         self.feature_stride = self.record.feature_stride
         self.has_mask_queries = self.record.has_mask_queries
+        self.is_ensemble = "member_logits" in self.record.outputs
         self.feature_channels = self.record.output_shapes["pixel_features"][1]
         self.input_size = tuple(self.record.input_size)
 

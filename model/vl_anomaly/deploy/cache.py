@@ -39,6 +39,11 @@ def weights_tag(name: str, weights: str | Path, clip_weights: str | None = None)
                               f"`vl-anomaly export --model {name}` and pass its file as the ONNX model")
         clip_tag = sha256_file(Path(clip_weights))[:12] if Path(clip_weights).is_file() else str(clip_weights)
         return f"{weights_tag(cfg['segmenter'], 'default')[:8]}.{clip_tag}.{sha256_file(Path(weights))[:12]}"
+    if "members" in cfg and weights == "default":             # an ensemble: its members' weights and resolutions
+        import hashlib
+
+        parts = [f"{m['model']}@{m.get('resolution', 1.0)}:{weights_tag(m['model'], 'default')}" for m in cfg["members"]]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     if weights == "default":
         record = get_pretrained_cfg(name)
         return (record.sha256 or "hub")[:12] if record is not None else "default"

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import VLAnomalyError
 
 OUTPUT_FIELDS = ("logits", "pixel_features", "void_logits", "class_queries_logits", "masks_queries_logits",
-                 "query_embeddings")
+                 "query_embeddings", "member_logits")
 VL_OUTPUTS = ("s_pix", "s_mask")
 OPSET = 18
 KINDS = ("segmenter", "clip_image", "vl_anomaly")

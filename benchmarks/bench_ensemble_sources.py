@@ -1,0 +1,122 @@
+"""Ensembles and anomaly sources on the shared validation sets (issue 13): which members, which source.
+
+Runs every candidate member **once per frame** (one :class:`~vl_anomaly.networks.ensemble.EnsembleSegmenter` of all
+candidates), then forms each variant (a subset of members) from the stored member logits exactly as the registered
+ensemble does (log of the mean softmax) and computes each source through the registered score code
+(:class:`~vl_anomaly.scores.ScoreContext`). Score maps go to ``OUT/score_maps/<dataset>/<variant>.<source>/`` in
+the evaluator's format, metrics come from the same official-protocol code as ``vl-anomaly eval``.
+
+    .venv/bin/python benchmarks/bench_ensemble_sources.py -o outputs/ensembles --threads 2
+
+Writes ``OUT/ensemble_sources.json`` and prints a markdown table (AP / FPR95 per set, mean AP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from vl_anomaly.cpu import cpu_model
+from vl_anomaly.datasets import load_dataset
+from vl_anomaly.evaluation.metrics_of_maps import evaluate_dataset
+from vl_anomaly.evaluation.score_maps import prefetch, score_map_dir
+from vl_anomaly.factory import create_model, get_preprocess_cfg
+from vl_anomaly.outputs import SegmenterOutput
+from vl_anomaly.preprocess import preprocess
+from vl_anomaly.registry import add_model_config
+from vl_anomaly.scores import ScoreContext, ScoringCfg
+
+CANDIDATES = ["espnetv2_s2.0_cityscapes", "espnetv2_s1.5_cityscapes", "espnetv2_s1.0_cityscapes",
+              "dicenet_s1.75_cityscapes", "espnet_p2_q8_cityscapes"]
+SHORT = {"espnetv2_s2.0_cityscapes": "v2s2", "espnetv2_s1.5_cityscapes": "v2s15", "espnetv2_s1.0_cityscapes": "v2s1",
+         "dicenet_s1.75_cityscapes": "dice", "espnet_p2_q8_cityscapes": "espnet"}
+VARIANTS = {
+    "v2s2": [0], "dice": [3], "v2_all": [0, 1, 2], "v2_all+dice": [0, 1, 2, 3], "v2_all+espnet": [0, 1, 2, 4],
+    "all5": [0, 1, 2, 3, 4], "v2s2+dice": [0, 3],
+}
+SINGLE_SOURCES = ["msp", "max_logit"]
+ENSEMBLE_SOURCES = ["msp", "max_logit", "mutual_information", "msp_boundary"]
+DATASETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
+
+
+def superset_model(tmp: Path):
+    """One ensemble of every candidate (registered on the fly from a temporary YAML)."""
+    cfg = {"family": "ensemble", "classes": "cityscapes", "members": [{"model": m} for m in CANDIDATES], "arch": {}}
+    path = tmp / "candidates_ensemble.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    add_model_config(path)
+    return create_model("candidates_ensemble"), get_preprocess_cfg("candidates_ensemble")
+
+
+def variant_output(member_logits: torch.Tensor, features: torch.Tensor, members: list[int]) -> SegmenterOutput:
+    """The registered ensemble's output contract for a subset of the members' logits ``(1, M, K, H, W)``."""
+    subset = member_logits[:, members]
+    mean_log_p = torch.logsumexp(subset.log_softmax(dim=2), dim=1) - math.log(len(members))
+    return SegmenterOutput(logits=mean_log_p, pixel_features=features, feature_stride=8,
+                           member_logits=subset)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-o", "--out", type=Path, default=Path("outputs/ensembles"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--datasets", nargs="+", default=DATASETS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--skip-inference", action="store_true", help="only evaluate maps already written")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    scores = {v: [f"{v}.{s}" for s in (ENSEMBLE_SOURCES if len(VARIANTS[v]) > 1 else SINGLE_SOURCES)]
+              for v in args.variants}
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "platform": platform.platform(),
+               "torch": torch.__version__, "threads": args.threads, "candidates": CANDIDATES,
+               "variants": {v: [CANDIDATES[i] for i in VARIANTS[v]] for v in args.variants}, "datasets": {}}
+    model, pre = (None, None) if args.skip_inference else superset_model(args.out)
+    scoring = ScoringCfg()
+    for name in args.datasets:
+        dataset = load_dataset(name)
+        if not args.skip_inference:
+            for v in scores.values():
+                for s in v:
+                    score_map_dir(args.out, dataset.name, s).mkdir(parents=True, exist_ok=True)
+            for _, fid, image, _ in tqdm(prefetch(dataset, 2, True), total=len(dataset), desc=f"infer {name}"):
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    out = model(preprocess(image, pre))
+                t1 = time.perf_counter()
+                for v, members in ((v, VARIANTS[v]) for v in args.variants):
+                    ctx = ScoreContext(output=variant_output(out.member_logits, out.pixel_features, members),
+                                       image=image, model=None, cfg=scoring)
+                    for full in scores[v]:
+                        source = full.split(".", 1)[1]
+                        np.save(score_map_dir(args.out, dataset.name, full) / f"{fid}.npy",
+                                ctx.map(source).astype(np.float16))
+                tqdm.write(f"{fid}: members {t1 - t0:.1f} s, maps {time.perf_counter() - t1:.1f} s")
+        all_scores = [s for v in scores.values() for s in v]
+        per_score = evaluate_dataset(dataset, all_scores, args.out, "official", 2)
+        results["datasets"][dataset.name] = {
+            s: {"AP": r["pixel"]["AuPRC"], "FPR95": r["pixel"]["FPR95"],
+                **({"sIoU": r["component"]["sIoU_gt"], "PPV": r["component"]["PPV"],
+                    "mean_F1": r["component"]["mean_F1"]} if "component" in r else {})}
+            for s, r in per_score.items()}
+        (args.out / "ensemble_sources.json").write_text(json.dumps(results, indent=2) + "\n")
+    names = list(results["datasets"])
+    print("| variant.source | " + " | ".join(f"{n} AP / FPR95" for n in names) + " | mean AP |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for s in [s for v in scores.values() for s in v]:
+        aps = [results["datasets"][n][s]["AP"] for n in names]
+        cells = [f"{results['datasets'][n][s]['AP']:.2f} / {results['datasets'][n][s]['FPR95']:.2f}" for n in names]
+        print(f"| {s} | " + " | ".join(cells) + f" | {np.mean(aps):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

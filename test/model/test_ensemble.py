@@ -1,0 +1,137 @@
+"""The ensemble family (issue 13): members loaded with their registered weights, each normalised its own way inside
+one forward pass, mean probabilities through the usual output contract; its sources; export; a real image."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vl_anomaly import ConfigError, add_model_config, create_model, create_predictor
+from vl_anomaly.factory import get_preprocess_cfg
+from vl_anomaly.preprocess import preprocess
+from vl_anomaly.scores import boundary_suppressed, check_score_fits, compute_score, mutual_information, ScoringCfg
+
+
+@pytest.fixture(scope="module")
+def lite_ensemble():
+    return create_model("lite_ensemble_cityscapes")
+
+
+def test_members_carry_their_registered_weights(lite_ensemble):
+    assert lite_ensemble.names[0] == "espnetv2_s2.0_cityscapes" and len(lite_ensemble.members) >= 2
+    single = create_model(lite_ensemble.names[-1])
+    for key, value in single.state_dict().items():
+        assert torch.equal(lite_ensemble.members[-1].state_dict()[key], value), key
+
+
+def test_each_member_sees_its_own_preprocessing(tmp_path):
+    """One raw RGB input; inside the forward pass ESPNet gets BGR, its own mean/std and the extra /255, ESPNetv2
+    ImageNet RGB: each equals the member's stand-alone pre-processing of the same image."""
+    (tmp_path / "mixed_ensemble_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\n"
+        "members: [{model: espnetv2_s1.0_cityscapes}, {model: espnet_p2_q8_cityscapes}]\n")
+    add_model_config(tmp_path)
+    model = create_model("mixed_ensemble_test", weights=None)
+    image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    raw = preprocess(image, get_preprocess_cfg("mixed_ensemble_test", (64, 128)))
+    assert float(raw.min()) >= 0.0 and float(raw.max()) > 200                     # raw RGB, 0–255 units
+    for index, name in enumerate(model.names):
+        expected = preprocess(image, get_preprocess_cfg(name, (64, 128)))
+        assert torch.allclose(model.member_input(index, raw), expected, atol=1e-5), name
+
+
+def test_lower_member_resolution_and_clear_config_errors(tmp_path):
+    (tmp_path / "half_res_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\n"
+        "members: [{model: espnetv2_s1.0_cityscapes}, {model: espnetv2_s1.5_cityscapes, resolution: 0.5}]\n")
+    (tmp_path / "vl_member_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\nmembers: [{model: vl_anomaly_espnetv2_vitb16}]\n")
+    (tmp_path / "bad_resolution_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\nmembers: [{model: espnetv2_s1.0_cityscapes, resolution: 2}]\n")
+    add_model_config(tmp_path)
+    assert get_preprocess_cfg("half_res_test").size_divisor == 64          # the half-size member needs ÷32 too
+    model = create_model("half_res_test", weights=None)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 128, 256) * 255)
+    assert out.member_logits.shape == (1, 2, 19, 128, 256)
+    with pytest.raises(ConfigError, match="pixel classifier"):
+        create_model("vl_member_test", weights=None)
+    with pytest.raises(ConfigError, match=r"resolution must be in \(0, 1\]"):
+        create_model("bad_resolution_test", weights=None)
+
+
+def test_mutual_information_formula():
+    """Agreeing members: 0. Two confident members that disagree: H(mean) = log 2, mean H = 0 → log 2 / log K."""
+    k = 19
+    agree = torch.zeros(1, 2, k, 1, 2)
+    agree[:, :, 3] = 20.0
+    assert mutual_information(agree).abs().max() < 1e-6
+    disagree = torch.zeros(1, 2, k, 1, 1)
+    disagree[0, 0, 3], disagree[0, 1, 7] = 40.0, 40.0
+    assert mutual_information(disagree).item() == pytest.approx(math.log(2) / math.log(k), rel=1e-4)
+    mixed = torch.randn(2, 3, k, 4, 5) * 3                                   # entropy of mean ≥ mean entropy
+    assert (mutual_information(mixed) >= 0).all()
+
+
+def test_ensemble_sources_and_what_needs_an_ensemble(lite_ensemble):
+    with torch.no_grad():
+        out = lite_ensemble(torch.rand(1, 3, 64, 128) * 255)
+    mean_logits = out.member_logits.mean(1)
+    assert torch.allclose(compute_score("max_logit", out), -mean_logits.amax(1))     # the members' mean logits
+    assert torch.allclose(compute_score("msp", out), 1 - out.member_logits.softmax(2).mean(1).amax(1), atol=1e-5)
+    assert compute_score("mutual_information", out).shape == (1, 64, 128)
+    single = create_model("espnetv2_s1.0_cityscapes", weights=None)
+    with pytest.raises(ConfigError, match="needs an ensemble"):
+        check_score_fits("mutual_information", single, ScoringCfg())
+    check_score_fits("mutual_information", lite_ensemble, ScoringCfg())
+
+
+def test_boundary_suppression_keeps_small_objects():
+    """Two large regions (road left, sidewalk right) and a 6×6 'pole' on the road: the road/sidewalk edge is
+    damped, the small object's own edges and inside are not."""
+    logits = torch.zeros(1, 19, 64, 128)
+    logits[0, 0, :, :64] = 5.0                     # road
+    logits[0, 1, :, 64:] = 5.0                     # sidewalk
+    logits[0, 5, 30:36, 20:26] = 10.0              # a small "pole" region on the road
+    score = torch.full((1, 64, 128), 0.8)
+    out = boundary_suppressed(score, logits, radius=2, small_area=200, factor=0.25)
+    assert out[0, 10, 63].item() == pytest.approx(0.2) and out[0, 10, 64].item() == pytest.approx(0.2)
+    assert out[0, 10, 40].item() == pytest.approx(0.8)                          # far from any edge
+    assert (out[0, 28:38, 18:28] == 0.8).all()                                  # around and in the small object
+
+
+def test_real_image_end_to_end(road_obstacle_image):
+    """The registered ensemble through the predictor on a real road frame: every ensemble source is finite and
+    at the image size, the semantic map (of the mean probabilities) calls the lower middle of the frame road, and
+    boundary suppression only ever lowers MSP."""
+    predictor = create_predictor("lite_ensemble_cityscapes", score="msp", input_size=(256, 512))
+    maps, semantic, _ = predictor.score_maps(road_obstacle_image, ["msp", "mutual_information", "msp_boundary",
+                                                                     "max_logit"])
+    h, w = road_obstacle_image.shape[:2]
+    for name, m in maps.items():
+        assert m.shape == (h, w) and np.isfinite(m).all(), name
+    lower = semantic[int(0.75 * h):, int(0.3 * w):int(0.7 * w)]
+    assert (lower == 0).mean() > 0.6                                            # road
+    assert (maps["msp_boundary"] <= maps["msp"] + 1e-6).all()
+
+
+def test_onnx_export_is_one_graph_and_matches_pytorch(road_obstacle_image, tmp_path):
+    """An ensemble exports as one checked graph with the members' logits as an output; ONNX Runtime gives the
+    same ensemble scores as PyTorch on a real frame (two small members with different pre-processing, to keep
+    the export short; the registered ensemble takes the same path)."""
+    (tmp_path / "export_ensemble_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\n"
+        "members: [{model: espnetv2_s1.0_cityscapes}, {model: espnet_p2_q8_cityscapes}]\n")
+    add_model_config(tmp_path)
+    size = (256, 512)
+    onnx = create_predictor("export_ensemble_test", backend="onnxruntime", input_size=size)
+    assert onnx.model.record.outputs == ["logits", "pixel_features", "member_logits"] and onnx.model.is_ensemble
+    reference = create_predictor("export_ensemble_test", input_size=size)
+    names = ["msp", "mutual_information", "max_logit"]
+    got, _, _ = onnx.score_maps(road_obstacle_image, names)
+    expected, _, _ = reference.score_maps(road_obstacle_image, names)
+    for name in names:
+        assert float(np.abs(got[name] - expected[name]).max()) < 1e-3, name
