@@ -48,9 +48,10 @@ ENSEMBLE_SOURCES = ["msp", "max_logit", "mutual_information", "msp_boundary"]
 DATASETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
 
 
-def superset_model(tmp: Path):
-    """One ensemble of every candidate (registered on the fly from a temporary YAML)."""
-    cfg = {"family": "ensemble", "classes": "cityscapes", "members": [{"model": m} for m in CANDIDATES], "arch": {}}
+def superset_model(tmp: Path, used: list[int]):
+    """One ensemble of the candidates the variants use (registered on the fly from a temporary YAML)."""
+    cfg = {"family": "ensemble", "classes": "cityscapes", "members": [{"model": CANDIDATES[i]} for i in used],
+           "arch": {}}
     path = tmp / "candidates_ensemble.yaml"
     path.write_text(yaml.safe_dump(cfg))
     add_model_config(path)
@@ -71,16 +72,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--sources", nargs="+", default=None, help="only these sources (default: all)")
     parser.add_argument("--skip-inference", action="store_true", help="only evaluate maps already written")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    scores = {v: [f"{v}.{s}" for s in (ENSEMBLE_SOURCES if len(VARIANTS[v]) > 1 else SINGLE_SOURCES)]
+    scores = {v: [f"{v}.{s}" for s in (ENSEMBLE_SOURCES if len(VARIANTS[v]) > 1 else SINGLE_SOURCES)
+                  if args.sources is None or s in args.sources]
               for v in args.variants}
     results = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "platform": platform.platform(),
                "torch": torch.__version__, "threads": args.threads, "candidates": CANDIDATES,
                "variants": {v: [CANDIDATES[i] for i in VARIANTS[v]] for v in args.variants}, "datasets": {}}
-    model, pre = (None, None) if args.skip_inference else superset_model(args.out)
+    used = sorted({i for v in args.variants for i in VARIANTS[v]})           # candidates run, in this order
+    position = {c: k for k, c in enumerate(used)}
+    model, pre = (None, None) if args.skip_inference else superset_model(args.out, used)
     scoring = ScoringCfg()
     for name in args.datasets:
         dataset = load_dataset(name)
@@ -93,7 +98,7 @@ def main() -> None:
                 with torch.no_grad():
                     out = model(preprocess(image, pre))
                 t1 = time.perf_counter()
-                for v, members in ((v, VARIANTS[v]) for v in args.variants):
+                for v, members in ((v, [position[i] for i in VARIANTS[v]]) for v in args.variants):
                     ctx = ScoreContext(output=variant_output(out.member_logits, out.pixel_features, members),
                                        image=image, model=None, cfg=scoring)
                     for full in scores[v]:

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from vl_anomaly.calibration import fit_fusion, sample_pixels, write_fused_maps
+from vl_anomaly.calibration import fit_fusion, fit_logistic_fusion, sample_pixels, write_fused_maps
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import evaluate_dataset
 
@@ -31,44 +31,60 @@ SETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def study(eval_dir: Path, step: float, pixels: int) -> dict:
-    model = eval_dir.name
+def study(eval_dir: Path, step: float, pixels: int, sources: list[str] = SOURCES, combiner: str = "weighted",
+          model: str | None = None, matrix: bool = True, ship: bool = True) -> dict:
+    model = model or eval_dir.name
     datasets = {name: load_dataset(name) for name in SETS}
     maps = eval_dir / "score_maps"
-    samples = {name: sample_pixels(ds, maps, SOURCES, pixels) for name, ds in datasets.items()}
-    single = json.loads((eval_dir / "results.json").read_text())["datasets"]
-    out = {"model": model, "sources": SOURCES, "step": step, "pixels_per_set": pixels, "sets": {}}
-    shipped = fit_fusion(samples, SOURCES, step, model=model)
+    samples = {name: sample_pixels(ds, maps, sources, pixels) for name, ds in datasets.items()}
+    if (eval_dir / "results.json").is_file():
+        single = json.loads((eval_dir / "results.json").read_text())["datasets"]
+    else:                                   # maps without an eval report (e.g. benchmarks/bench_obstacles.py)
+        single = {name: {"scores": evaluate_dataset(ds, sources, eval_dir, "official")} for name, ds in datasets.items()}
+
+    def fit(subset: dict):
+        if combiner == "logistic":
+            return fit_logistic_fusion(subset, sources, pairwise=True, model=model)
+        return fit_fusion(subset, sources, step, model=model)
+
+    out = {"model": model, "sources": sources, "combiner": combiner, "step": step, "pixels_per_set": pixels,
+           "sets": {}}
+    shipped = fit(samples)
     shipped.record["note"] = ("calibrated on all four shared validation sets: numbers on these sets with this "
                               "config have seen them")
-    shipped.save(REPO / "model" / "vl_anomaly" / "fusion_configs" / f"{model}.yaml")
-    out["shipped_weights"] = shipped.weights
-    tuned_cfgs = {name: fit_fusion({name: samples[name]}, SOURCES, step, model=model) for name in datasets}
+    shipped.save(REPO / "model" / "vl_anomaly" / "fusion_configs" / f"{model}.yaml" if ship
+                 else eval_dir / f"fusion.{combiner}.yaml")
+    out["shipped_weights"] = shipped.weights if shipped.combiner is None else shipped.combiner.to_dict()
+    tuned_cfgs = {name: fit({name: samples[name]}) for name in datasets}
     # Calibrate on one set, evaluate on every set (the diagonal is per-set tuning).
     out["one_set_matrix"] = {}
-    for calibrated_on, cfg_one in tuned_cfgs.items():
+    for calibrated_on, cfg_one in (tuned_cfgs.items() if matrix else ()):
         row = {}
         for name, dataset in datasets.items():
             write_fused_maps(dataset, maps, cfg_one, "fused_one")
             row[name] = _px(evaluate_dataset(dataset, ["fused_one"], eval_dir, "official")["fused_one"])
-        out["one_set_matrix"][calibrated_on] = {"weights": cfg_one.weights, "evaluated": row}
+        out["one_set_matrix"][calibrated_on] = {"weights": _weights_of(cfg_one), "evaluated": row}
     for name, dataset in datasets.items():
         tuned = tuned_cfgs[name]
-        lodo = fit_fusion({k: v for k, v in samples.items() if k != name}, SOURCES, step, model=model)
+        lodo = fit({k: v for k, v in samples.items() if k != name})
         write_fused_maps(dataset, maps, tuned, "fused_tuned")
         write_fused_maps(dataset, maps, lodo, "fused_lodo")
         write_fused_maps(dataset, maps, shipped, "fused_shipped")
         metrics = evaluate_dataset(dataset, ["fused_tuned", "fused_lodo", "fused_shipped"], eval_dir, "official")
         scores = single[name]["scores"]
-        best = max(SOURCES, key=lambda s: scores[s]["pixel"]["AuPRC"])
+        best = max(sources, key=lambda s: scores[s]["pixel"]["AuPRC"])
         out["sets"][name] = {
-            "msp": _px(scores["msp"]), "best_single": {"score": best, **_px(scores[best])},
-            "tuned": {"weights": tuned.weights, **_px(metrics["fused_tuned"])},
-            "lodo": {"weights": lodo.weights, **_px(metrics["fused_lodo"])},
+            "msp": _px(scores["msp"]) if "msp" in scores else None, "best_single": {"score": best, **_px(scores[best])},
+            "tuned": {"weights": _weights_of(tuned), **_px(metrics["fused_tuned"])},
+            "lodo": {"weights": _weights_of(lodo), **_px(metrics["fused_lodo"])},
             "shipped": _px(metrics["fused_shipped"]),
         }
-    (eval_dir / "fusion_study.json").write_text(json.dumps(out, indent=1) + "\n")
+    (eval_dir / f"fusion_study.{combiner}.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _weights_of(cfg) -> dict:
+    return cfg.weights if cfg.combiner is None else cfg.combiner.to_dict()
 
 
 def _px(entry: dict) -> dict:
@@ -76,6 +92,8 @@ def _px(entry: dict) -> dict:
 
 
 def _w(weights: dict) -> str:
+    if "kind" in weights:                                       # a learned combiner
+        return "logistic: " + ", ".join(f"{s} {w:+.1f}" for s, w in {**weights["linear"], **weights["pairwise"]}.items())
     return ", ".join(f"{s} {w:.1f}" for s, w in weights.items() if w > 0)
 
 
@@ -111,8 +129,18 @@ def main() -> int:
     parser.add_argument("eval_dirs", nargs="+")
     parser.add_argument("--step", type=float, default=0.1)
     parser.add_argument("--pixels", type=int, default=400_000)
+    parser.add_argument("--sources", nargs="+", default=SOURCES)
+    parser.add_argument("--combiner", choices=["weighted", "logistic"], default="weighted",
+                        help="weighted sum (grid search) or a learned logistic combiner with pairwise terms")
+    parser.add_argument("--model", default=None, help="model name (default: the eval folder's name)")
+    parser.add_argument("--no-matrix", action="store_true", help="skip the calibrate-on-one-set matrix")
+    parser.add_argument("--no-ship", action="store_true",
+                        help="write the all-sets config beside the maps (fusion.<combiner>.yaml), not into "
+                             "model/vl_anomaly/fusion_configs/")
     args = parser.parse_args()
-    results = [study(Path(d), args.step, args.pixels) for d in args.eval_dirs]
+    results = [study(Path(d), args.step, args.pixels, args.sources, args.combiner, args.model, not args.no_matrix,
+                     not args.no_ship)
+               for d in args.eval_dirs]
     print(table(results))
     print()
     print(matrix_table(results))

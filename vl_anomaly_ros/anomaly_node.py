@@ -92,6 +92,7 @@ class AnomalyNode(LifecycleNode):
         self.queue = FrameQueue(on_drop=lambda item, reason: self.stats.on_dropped(reason))
         self._apply_queue_params()
         self.predictor = None
+        self._shipped_postprocess = None
         self.error = ""                  # last configure failure, shown in diagnostics
         self._camera: PinholeCamera | None = None
         self._camera_info_state = "none"             # diagnostics: none, ok WxH, invalid (K or size unset)
@@ -139,11 +140,13 @@ class AnomalyNode(LifecycleNode):
         values = {name: self.param(name) for name in ("threshold", "min_obstacle_area_px", "drivable_only",
                                                       "drivable_margin_px")}
         values.update(overrides or {})
-        threshold = values["threshold"]
+        threshold, min_area = values["threshold"], int(values["min_obstacle_area_px"])
         if threshold is None or math.isnan(threshold):
-            threshold = self.predictor.spec.default_threshold
+            threshold = self._shipped_postprocess.threshold          # the model's calibrated value for its score
+        if min_area == 0:
+            min_area = self._shipped_postprocess.min_area_px
         self.predictor.postprocess_cfg = replace(self.predictor.postprocess_cfg, threshold=float(threshold),
-                                                 min_area_px=int(values["min_obstacle_area_px"]),
+                                                 min_area_px=min_area,
                                                  drivable_only=bool(values["drivable_only"]),
                                                  drivable_margin_px=int(values["drivable_margin_px"]))
 
@@ -159,7 +162,7 @@ class AnomalyNode(LifecycleNode):
                                  f"got {height} x {width}")
         weights = self.param("weights")
         predictor = create_predictor(
-            self.param("model"), weights=None if weights == "none" else weights, score=self.param("score"),
+            self.param("model"), weights=None if weights == "none" else weights, score=self.param("score") or None,
             device=self.param("device"), input_size=(height, width) if height else None,
             backend=self.param("backend"), onnx_path=self.param("onnx_path") or None,
             precision=self.param("tensorrt_precision"), fusion=self.param("fusion_config") or None,
@@ -172,6 +175,7 @@ class AnomalyNode(LifecycleNode):
         try:
             self.predictor = self.worker.call(self._load_predictor, "loading the model",
                                               cancel=self.shutdown_requested.is_set)
+            self._shipped_postprocess = self.predictor.postprocess_cfg     # the model's rules for its score
             self._apply_postprocess_params()
         except Exception as exc:                                                 # noqa: BLE001 — reported, not raised
             self.error = f"configure failed: {exc}"
@@ -380,6 +384,10 @@ class AnomalyNode(LifecycleNode):
                                 age_ms=(now_ns - stamp_ns(msg)) / 1e6, stage_ms=stages)
 
     # ------------------------------------------------------------------ diagnostics
+    def _score_name(self) -> str:
+        """The score in use: the predictor's once configured (the model's default when the parameter is '')."""
+        return self.predictor.score_name if self.predictor is not None else self.param("score")
+
     def publish_diagnostics(self) -> None:
         """One ``DiagnosticStatus`` named ``<node>: frames``: level, message and every counter as a key."""
         snap = self.stats.snapshot()
@@ -387,7 +395,7 @@ class AnomalyNode(LifecycleNode):
                                       active=self._active, no_input_warn_s=self.param("no_input_warn_s"),
                                       image_topic=self.resolve_topic_name("image"))
         values = diagnostic_values(snap, {"queue_policy": self.param("queue_policy"), "model": self.param("model"),
-                                          "score": self.param("score"), "camera_info": self._camera_info_state})
+                                          "score": self._score_name(), "camera_info": self._camera_info_state})
         status = DiagnosticStatus(level=getattr(DiagnosticStatus, level),
                                   name=f"{self.get_fully_qualified_name()}: frames", message=message,
                                   hardware_id=self.param("device"),

@@ -38,7 +38,8 @@ def _model_check(value: str) -> str | None:
 
 
 def _score_check(value: str) -> str | None:
-    return None if value in list_scores() else f"unknown score {value!r}; choose one of {', '.join(list_scores())}"
+    return None if value == "" or value in list_scores() else \
+        f"unknown score {value!r}; choose one of {', '.join(list_scores())}, or '' for the model's default"
 
 
 def _device_check(value: str) -> str | None:
@@ -78,11 +79,14 @@ PARAMS: dict[str, ParamSpec] = {
                               read_only=True, min=0, max=4096, check=_size_check),
     "input_width": ParamSpec(0, "network input width in px (multiple of 32); 0 = the weights' training size",
                              read_only=True, min=0, max=8192, check=_size_check),
-    "score": ParamSpec(DEFAULT_SCORE, "anomaly score (vl-anomaly list-models shows the scores)", read_only=True,
+    "score": ParamSpec("", f"anomaly score; '' = the model's default score (its config's, else {DEFAULT_SCORE})",
+                       read_only=True,
                        check=_score_check),
     "threshold": ParamSpec(float("nan"), "obstacle threshold in score units (score ≥ threshold is anomalous); "
-                                         "NaN = the score's documented default", allow_nan=True),
-    "min_obstacle_area_px": ParamSpec(100, "smallest obstacle kept, pixels of the input image", min=1, max=10**8),
+                                         "NaN = the model's calibrated threshold for its default score, else the score's "
+                                         "documented default", allow_nan=True),
+    "min_obstacle_area_px": ParamSpec(0, "smallest obstacle kept, pixels of the input image; 0 = the model's "
+                                         "shipped value (100 for single networks)", min=0, max=10**8),
     "drivable_only": ParamSpec(True, "keep anomalies inside the predicted drivable region (road/sidewalk + margin)"),
     "drivable_margin_px": ParamSpec(20, "dilation of the drivable region, pixels", min=0, max=1000),
     "publish_overlay": ParamSpec(True, "compute and publish ~/overlay (bgr8), only while it has subscribers"),

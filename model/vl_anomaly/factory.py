@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -221,16 +222,40 @@ def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> 
     return cfg.with_input_size(input_size)
 
 
-def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "default", score: str = DEFAULT_SCORE,
+def default_score(name: str) -> str:
+    """The score a model runs when none is given: its config's ``score`` (e.g. the calibrated ``fused`` of
+    ``lite_ensemble_cityscapes``), else :data:`vl_anomaly.defaults.DEFAULT_SCORE`."""
+    score = str(get_model_config(name).get("score", DEFAULT_SCORE))
+    get_score(score)                                            # a clear error for a misspelt config
+    return score
+
+
+def default_postprocess(name: str, score: str | None = None) -> PostprocessCfg:
+    """The post-processing a model ships (its config's ``postprocess`` section: threshold and component rules,
+    calibrated for its default score). For another score the threshold is that score's documented default and
+    the score-valued rule ``min_mean_score`` is off; the geometric rules stay."""
+    score = score or default_score(name)
+    values = dict(get_model_config(name).get("postprocess") or {})
+    if score != default_score(name) or "threshold" not in values:
+        values["threshold"] = get_score(score).default_threshold
+        if score != default_score(name):
+            values.pop("min_mean_score", None)
+    return PostprocessCfg.from_dict(values)
+
+
+def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "default", score: str | None = None,
                      threshold: float | None = None, device: str = "cpu",
-                     input_size: tuple[int, int] | None = None, min_area_px: int = 100,
-                     drivable_only: bool = False, drivable_margin_px: int = 20, backend: str = "torch",
+                     input_size: tuple[int, int] | None = None, min_area_px: int | None = None,
+                     drivable_only: bool | None = None, drivable_margin_px: int | None = None,
+                     backend: str = "torch",
                      onnx_path: str | Path | None = None, precision: str = "fp16",
                      fusion: str | Path | FusionCfg | None = None,
                      clip_weights: str | Path | None = "default") -> AnomalyPredictor:
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
-    ``threshold`` defaults to the score's documented default (:data:`vl_anomaly.scores.SCORES`).
+    ``score`` defaults to the model's (:func:`default_score`); ``threshold``, ``min_area_px``, ``drivable_only`` and
+    ``drivable_margin_px`` to the post-processing the model ships for that score (:func:`default_postprocess`:
+    the config's calibrated threshold and component rules, else the score's documented default threshold).
     ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.deploy`); the ONNX graph is
     ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use,
     :func:`vl_anomaly.deploy.load_deployed_model`); TensorRT builds and caches its ``precision`` engine from it
@@ -243,10 +268,11 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
     scoring = default_scoring(name, fusion)
-    spec = get_score(score)
-    post = PostprocessCfg(threshold=spec.default_threshold if threshold is None else float(threshold),
-                          min_area_px=min_area_px, drivable_only=drivable_only,
-                          drivable_margin_px=drivable_margin_px)
+    score = score or default_score(name)
+    overrides = {k: v for k, v in (("threshold", None if threshold is None else float(threshold)),
+                                   ("min_area_px", min_area_px), ("drivable_only", drivable_only),
+                                   ("drivable_margin_px", drivable_margin_px)) if v is not None}
+    post = replace(default_postprocess(name, score), **overrides)
     preprocess_cfg = get_preprocess_cfg(name, input_size)
     if backend == "torch":
         if onnx_path is not None:

@@ -9,6 +9,11 @@ scores today and the vision-language sources when they exist.
 Normalisation (ours): each source gets the affine map ``ŝ = clip((s − lo) / (hi − lo), 0, 1)`` with ``lo``/``hi``
 the 1st and 99th percentiles of that source on the calibration pixels, so sources with unbounded ranges (max
 logit, energy, RbA) and bounded ones (MSP, entropy) are commensurable.
+
+A learned combiner (issue 13, ours) may replace the weighted sum: :class:`LogisticCombiner`,
+``s = σ(b + Σ_i a_i ŝ_i + Σ_{i<j} c_ij ŝ_i ŝ_j)`` — logistic regression on the normalised sources and their
+pairwise products, so that one source can gate another (e.g. members' disagreement counting only where the
+ensemble is also unsure), fitted by :func:`vl_anomaly.calibration.fit_logistic_fusion`.
 """
 
 from __future__ import annotations
@@ -41,18 +46,66 @@ class SourceNorm:
 
 
 @dataclass(frozen=True)
+class LogisticCombiner:
+    """``s = σ(bias + Σ_i linear[i] · ŝ_i + Σ_{i<j} pairwise["i*j"] · ŝ_i · ŝ_j)`` on normalised sources ŝ.
+
+    Attributes:
+        bias: intercept (logit units).
+        linear: ``{source: coefficient}``.
+        pairwise: ``{"a*b": coefficient}`` for source pairs (may be empty: plain logistic regression).
+    """
+
+    bias: float
+    linear: dict[str, float]
+    pairwise: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        values = [self.bias, *self.linear.values(), *self.pairwise.values()]
+        if not all(np.isfinite(v) for v in values):
+            raise ConfigError(f"logistic combiner coefficients must be finite, got {values}")
+        for key in self.pairwise:
+            parts = key.split("*")
+            if len(parts) != 2 or not set(parts) <= set(self.linear):
+                raise ConfigError(f"pairwise term {key!r} must be 'a*b' of two linear sources {sorted(self.linear)}")
+
+    def apply(self, normed: dict[str, np.ndarray]) -> np.ndarray:
+        """``{source: ŝ (H, W) in [0, 1]}`` → fused ``(H, W)`` float32 in (0, 1)."""
+        z = np.full(next(iter(normed.values())).shape, np.float32(self.bias), dtype=np.float32)
+        for source, a in self.linear.items():
+            z += np.float32(a) * normed[source]
+        for key, c in self.pairwise.items():
+            left, right = key.split("*")
+            z += np.float32(c) * normed[left] * normed[right]
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"kind": "logistic", "bias": float(self.bias), "linear": {k: float(v) for k, v in self.linear.items()},
+                "pairwise": {k: float(v) for k, v in self.pairwise.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LogisticCombiner":
+        if data.get("kind", "logistic") != "logistic":
+            raise ConfigError(f"unknown combiner kind {data.get('kind')!r}; known: logistic")
+        return cls(float(data["bias"]), {str(k): float(v) for k, v in data["linear"].items()},
+                   {str(k): float(v) for k, v in (data.get("pairwise") or {}).items()})
+
+
+@dataclass(frozen=True)
 class FusionCfg:
     """Weights and normalisations of the fused score, with the record of how they were obtained.
 
     Attributes:
-        weights: ``{source score name: weight}``, each ≥ 0, summing to 1.
+        weights: ``{source score name: weight}``, each ≥ 0, summing to 1 (with a combiner: equal shares, they
+            only name the sources).
         norms: ``{source: SourceNorm}`` for every weighted source.
         record: provenance (calibration sets, frames, pixels, objective, date); empty for hand-set weights.
+        combiner: a learned :class:`LogisticCombiner` replacing the weighted sum, or None.
     """
 
     weights: dict[str, float]
     norms: dict[str, SourceNorm]
     record: dict = field(default_factory=dict)
+    combiner: LogisticCombiner | None = None
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -65,6 +118,9 @@ class FusionCfg:
         missing = [s for s in self.weights if s not in self.norms]
         if missing:
             raise ConfigError(f"fusion sources {missing} have no normalisation (lo, hi)")
+        if self.combiner is not None and set(self.combiner.linear) != set(self.sources):
+            raise ConfigError(f"the combiner's sources {sorted(self.combiner.linear)} must be the fusion's "
+                              f"{sorted(self.sources)}")
 
     @property
     def sources(self) -> list[str]:
@@ -72,16 +128,20 @@ class FusionCfg:
         return [s for s, w in self.weights.items() if w > 0]
 
     def to_dict(self) -> dict:
-        return {"weights": {s: float(w) for s, w in self.weights.items()},
-                "normalization": {s: {"lo": float(n.lo), "hi": float(n.hi)} for s, n in self.norms.items()},
-                "record": self.record}
+        out = {"weights": {s: float(w) for s, w in self.weights.items()},
+               "normalization": {s: {"lo": float(n.lo), "hi": float(n.hi)} for s, n in self.norms.items()}}
+        if self.combiner is not None:
+            out["combiner"] = self.combiner.to_dict()
+        out["record"] = self.record
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "FusionCfg":
         try:
             weights = {str(k): float(v) for k, v in data["weights"].items()}
             norms = {str(k): SourceNorm(float(v["lo"]), float(v["hi"])) for k, v in data["normalization"].items()}
-            return cls(weights, norms, dict(data.get("record") or {}))
+            combiner = LogisticCombiner.from_dict(data["combiner"]) if data.get("combiner") else None
+            return cls(weights, norms, dict(data.get("record") or {}), combiner)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(f"fusion config needs 'weights' {{source: w}} and 'normalization' "
                               f"{{source: {{lo, hi}}}} for every source: {type(exc).__name__} {exc}") from exc
@@ -133,15 +193,19 @@ def load_fusion(spec: "str | Path | FusionCfg") -> FusionCfg:
 
 
 def fuse(maps: dict[str, np.ndarray], cfg: FusionCfg) -> np.ndarray:
-    """Fused score ``(H, W)`` float32 in [0, 1] from raw source maps ``{source: (H, W)}``."""
+    """Fused score ``(H, W)`` float32 in [0, 1] from raw source maps ``{source: (H, W)}`` (weighted sum, or the
+    learned combiner when the config has one)."""
     missing = [s for s in cfg.sources if s not in maps]
     if missing:
         raise ConfigError(f"fusion needs source maps {missing}; got {sorted(maps)}")
     shape = maps[cfg.sources[0]].shape
-    out = np.zeros(shape, dtype=np.float32)
     for source in cfg.sources:
         if maps[source].shape != shape:
             raise ConfigError(f"source {source} map is {maps[source].shape}, expected {shape}")
+    if cfg.combiner is not None:
+        return cfg.combiner.apply({s: cfg.norms[s].apply(maps[s]) for s in cfg.sources})
+    out = np.zeros(shape, dtype=np.float32)
+    for source in cfg.sources:
         out += np.float32(cfg.weights[source]) * cfg.norms[source].apply(maps[source])
     return out
 

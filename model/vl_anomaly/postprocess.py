@@ -3,8 +3,11 @@
 1. ``mask = score ≥ threshold``;
 2. optionally keep only the drivable region: predicted road/sidewalk with enclosed holes filled (an obstacle
    on the road is *not* predicted road, but it is surrounded by road) and dilated by a margin in pixels;
-3. 8-connected components of at least ``min_area_px`` pixels become obstacles (smaller ones are removed from
-   the mask too).
+3. optionally close gaps of up to ``merge_gap_px`` so that fragments of one object become one component;
+4. each 8-connected component is decided as a whole (issue 13: the list a planner gets must stay quiet): it
+   becomes an obstacle when it has at least ``min_area_px`` pixels, at most ``max_area_frac`` of the image,
+   a mean score of at least ``min_mean_score`` and, with ``min_drivable_overlap``, at least that share of its
+   pixels in the drivable region. Rejected components are removed from the mask too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ class PostprocessCfg:
         drivable_only: keep anomalies only inside the drivable region.
         drivable_classes: train IDs forming the drivable region (default road, sidewalk).
         drivable_margin_px: dilation of the drivable region, in pixels.
+        merge_gap_px: radius (px) of the morphological closing that merges fragments (0 = off).
+        max_area_frac: largest obstacle kept, as a share of the image (1 = no limit): sky or vegetation lit up
+            as one region is not an obstacle.
+        min_mean_score: a component's mean score must reach this (None = off): a few uncertain pixels at the
+            threshold do not make an obstacle.
+        min_drivable_overlap: share of a component's pixels that must lie in the drivable region (0 = off;
+            needs the semantic map).
     """
 
     threshold: float = 0.5
@@ -35,6 +45,10 @@ class PostprocessCfg:
     drivable_only: bool = False
     drivable_classes: tuple[int, ...] = DRIVABLE_CLASS_IDS
     drivable_margin_px: int = 20
+    merge_gap_px: int = 0
+    max_area_frac: float = 1.0
+    min_mean_score: float | None = None
+    min_drivable_overlap: float = 0.0
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.threshold):
@@ -45,6 +59,31 @@ class PostprocessCfg:
             raise ConfigError(f"drivable_margin_px must be ≥ 0, got {self.drivable_margin_px}")
         if not self.drivable_classes:
             raise ConfigError("drivable_classes must name at least one class")
+        if self.merge_gap_px < 0:
+            raise ConfigError(f"merge_gap_px must be ≥ 0, got {self.merge_gap_px}")
+        if not 0.0 < self.max_area_frac <= 1.0:
+            raise ConfigError(f"max_area_frac must be in (0, 1], got {self.max_area_frac}")
+        if self.min_mean_score is not None and not np.isfinite(self.min_mean_score):
+            raise ConfigError(f"min_mean_score must be a finite number or None, got {self.min_mean_score}")
+        if not 0.0 <= self.min_drivable_overlap <= 1.0:
+            raise ConfigError(f"min_drivable_overlap must be in [0, 1], got {self.min_drivable_overlap}")
+
+    @property
+    def needs_semantic(self) -> bool:
+        """True when the rules read the drivable region (the semantic map of the frame)."""
+        return self.drivable_only or self.min_drivable_overlap > 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PostprocessCfg":
+        """From a mapping (a model config's ``postprocess`` section); unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown post-processing settings {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(values)
+        if "drivable_classes" in values:
+            values["drivable_classes"] = tuple(values["drivable_classes"])
+        return cls(**values)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -107,19 +146,36 @@ def drivable_region(semantic: np.ndarray, classes: tuple[int, ...] = DRIVABLE_CL
     return drivable
 
 
-def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int) -> tuple[np.ndarray, list[Obstacle]]:
-    """8-connected components of ``mask`` with at least ``min_area_px`` pixels.
+def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, max_area_px: int | None = None,
+                   min_mean_score: float | None = None, region: np.ndarray | None = None,
+                   min_region_overlap: float = 0.0) -> tuple[np.ndarray, list[Obstacle]]:
+    """8-connected components of ``mask``, each kept or rejected as a whole.
 
     Args:
         mask: ``(H, W)`` bool candidate pixels.
         score_map: ``(H, W)`` float32 scores for the statistics.
-        min_area_px: minimum component size.
+        min_area_px, max_area_px: component size limits (pixels).
+        min_mean_score: lowest mean score of a kept component (None = no limit).
+        region, min_region_overlap: ``(H, W)`` bool drivable region and the share of a component's pixels that
+            must lie in it.
     Returns:
         ``(kept (H, W) bool, obstacles)`` with obstacles sorted by decreasing area, ids 1..N.
     """
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
-    keep.sort(key=lambda i: (-int(stats[i, cv2.CC_STAT_AREA]), i))
+    areas = stats[:, cv2.CC_STAT_AREA]
+    ok = areas >= min_area_px
+    ok[0] = False
+    if max_area_px is not None:
+        ok &= areas <= max_area_px
+    if count > 1 and (min_mean_score is not None or (region is not None and min_region_overlap > 0)):
+        flat = labels.ravel()
+        if min_mean_score is not None:
+            sums = np.bincount(flat, weights=score_map.ravel().astype(np.float64), minlength=count)
+            ok &= sums >= min_mean_score * areas
+        if region is not None and min_region_overlap > 0:
+            inside = np.bincount(flat, weights=region.ravel(), minlength=count)
+            ok &= inside >= min_region_overlap * areas
+    keep = sorted(np.flatnonzero(ok).tolist(), key=lambda i: (-int(areas[i]), i))
     kept = np.zeros(mask.shape, dtype=bool)
     obstacles: list[Obstacle] = []
     if keep:
@@ -141,14 +197,21 @@ def postprocess(score_map: np.ndarray, cfg: PostprocessCfg,
                 semantic: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle], np.ndarray | None]:
     """Score map ``(H, W)`` → ``(obstacle mask (H, W) bool, obstacles, drivable region (H, W) bool or None)``.
 
-    ``semantic`` (train IDs at the same resolution) is required when ``cfg.drivable_only`` is set.
+    ``semantic`` (train IDs at the same resolution) is required when the rules read the drivable region
+    (``drivable_only`` or ``min_drivable_overlap``).
     """
     candidates = threshold_mask(score_map, cfg.threshold)
     region = None
-    if cfg.drivable_only:
+    if cfg.needs_semantic:
         if semantic is None:
-            raise ConfigError("drivable_only needs the semantic map (train IDs) of the frame")
+            raise ConfigError("drivable_only / min_drivable_overlap need the semantic map (train IDs) of the frame")
         region = drivable_region(semantic, cfg.drivable_classes, cfg.drivable_margin_px)
-        candidates &= region
-    kept, obstacles = find_obstacles(candidates, score_map, cfg.min_area_px)
+        if cfg.drivable_only:
+            candidates &= region
+    if cfg.merge_gap_px > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.merge_gap_px + 1, 2 * cfg.merge_gap_px + 1))
+        candidates = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+    max_area = None if cfg.max_area_frac >= 1.0 else int(cfg.max_area_frac * score_map.size)
+    kept, obstacles = find_obstacles(candidates, score_map, cfg.min_area_px, max_area, cfg.min_mean_score, region,
+                                     cfg.min_drivable_overlap)
     return kept, obstacles, region

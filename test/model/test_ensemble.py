@@ -135,3 +135,26 @@ def test_onnx_export_is_one_graph_and_matches_pytorch(road_obstacle_image, tmp_p
     expected, _, _ = reference.score_maps(road_obstacle_image, names)
     for name in names:
         assert float(np.abs(got[name] - expected[name]).max()) < 1e-3, name
+
+
+def test_a_model_config_ships_its_default_score_and_obstacle_rules(tmp_path):
+    """``score`` and ``postprocess`` of a model config are what predict / eval / the node run when nothing is
+    given; another score gets its own documented threshold and no score-valued rule; typos are errors."""
+    from vl_anomaly.factory import default_postprocess, default_score
+
+    (tmp_path / "shipped_rules_test.yaml").write_text(
+        "family: espnetv2\nclasses: cityscapes\narch: {num_outputs: 20, scale: 1.0, decoder_base: 16}\n"
+        "score: entropy\npostprocess: {threshold: 0.62, min_mean_score: 0.7, max_area_frac: 0.05, min_area_px: 300}\n")
+    (tmp_path / "bad_rules_test.yaml").write_text(
+        "family: espnetv2\nclasses: cityscapes\narch: {scale: 1.0}\nscore: msp\npostprocess: {treshold: 0.5}\n")
+    add_model_config(tmp_path)
+    assert default_score("shipped_rules_test") == "entropy" and default_score("espnetv2_s1.0_cityscapes") == "msp"
+    predictor = create_predictor("shipped_rules_test", weights=None)
+    assert predictor.score_name == "entropy"
+    post = predictor.postprocess_cfg
+    assert (post.threshold, post.min_mean_score, post.max_area_frac, post.min_area_px) == (0.62, 0.7, 0.05, 300)
+    other = default_postprocess("shipped_rules_test", "msp")
+    assert other.threshold == 0.5 and other.min_mean_score is None and other.max_area_frac == 0.05
+    assert create_predictor("shipped_rules_test", weights=None, threshold=0.8).postprocess_cfg.threshold == 0.8
+    with pytest.raises(ConfigError, match="unknown post-processing settings"):
+        create_predictor("bad_rules_test", weights=None)

@@ -77,3 +77,61 @@ def test_drivable_only_filters_anomalies():
 def test_bad_parameters_rejected(kwargs):
     with pytest.raises(ConfigError):
         PostprocessCfg(**kwargs)
+
+
+def test_component_rules_decide_whole_components():
+    """Each rule of the quiet obstacle list on a synthetic score map: mean score, largest area, drivable overlap,
+    and merging the fragments of one object."""
+    from vl_anomaly.postprocess import PostprocessCfg, postprocess
+
+    score = np.zeros((100, 200), np.float32)
+    score[10:20, 10:20] = 0.55            # A: 100 px, barely above the threshold everywhere (mean 0.55)
+    score[10:20, 40:50] = 0.95            # B: 100 px, confident
+    score[40:100, 100:200] = 0.9          # C: 6000 px = 30 % of the image (a lit-up sky / wall)
+    score[60:70, 20:25] = 0.9             # D1 and D2: two fragments of one object, 3 px apart
+    score[60:70, 28:33] = 0.9
+    semantic = np.full((100, 200), 10, np.uint8)         # sky …
+    semantic[50:, :100] = 0                               # … road in the lower left, where D lies
+    base = dict(threshold=0.5, min_area_px=20, drivable_margin_px=0)
+    _, obstacles, _ = postprocess(score, PostprocessCfg(**base))
+    assert len(obstacles) == 5
+    _, obstacles, _ = postprocess(score, PostprocessCfg(**base, min_mean_score=0.6))
+    assert len(obstacles) == 4 and all(o.mean_score >= 0.6 for o in obstacles)           # A dropped
+    _, obstacles, _ = postprocess(score, PostprocessCfg(**base, max_area_frac=0.1))
+    assert all(o.area_px < 2000 for o in obstacles) and len(obstacles) == 4               # C dropped
+    _, obstacles, _ = postprocess(score, PostprocessCfg(**base, merge_gap_px=2))
+    assert len(obstacles) == 4                                                             # D1 + D2 = one
+    mask, obstacles, region = postprocess(score, PostprocessCfg(**base, min_drivable_overlap=0.5), semantic)
+    assert len(obstacles) == 2 and all(o.centroid[1] > 50 for o in obstacles)             # only D1, D2
+    assert region is not None and not mask[10:20].any()                                   # removed from the mask
+    with pytest.raises(ConfigError, match="semantic"):
+        postprocess(score, PostprocessCfg(**base, min_drivable_overlap=0.5))
+    for bad in (dict(max_area_frac=0.0), dict(merge_gap_px=-1), dict(min_drivable_overlap=1.5),
+                dict(min_mean_score=float("nan"))):
+        with pytest.raises(ConfigError):
+            PostprocessCfg(**bad)
+    with pytest.raises(ConfigError, match="unknown post-processing settings"):
+        PostprocessCfg.from_dict({"treshold": 0.5})
+
+
+def test_obstacle_list_metrics_on_a_synthetic_frame():
+    """Found (≥ 25 % covered), real (≥ 25 % of its non-void pixels anomalous), false, void (≥ 90 % void), and
+    nothing under 50 px counts."""
+    from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
+
+    label = np.zeros((100, 100), np.uint8)
+    label[:, 90:] = 255                          # void strip
+    label[10:30, 10:30] = 1                      # object 1: 400 px
+    label[60:80, 60:80] = 1                      # object 2: 400 px
+    label[0:5, 0:5] = 1                          # 25 px: too small to count
+    obstacles = np.zeros((100, 100), np.int32)
+    obstacles[10:30, 10:16] = 1                  # covers 120/400 = 30 % of object 1 → found; all anomaly → real
+    obstacles[60:80, 60:64] = 2                  # covers 20 % of object 2 → not found; still real
+    obstacles[40:50, 40:50] = 3                  # on inlier road → false
+    obstacles[0:20, 91:100] = 4                  # all void → void
+    obstacles[80:83, 0:10] = 5                   # 30 px → not listed
+    counts = obstacle_counts(obstacles, label)
+    assert (counts.objects, counts.found) == (2, 1)
+    assert (counts.obstacles, counts.real, counts.false, counts.void) == (4, 2, 1, 1)
+    total = counts + ObstacleCounts(frames=1)
+    assert total.false_per_frame == 0.5 and total.found_share == 0.5 and total.real_share == pytest.approx(2 / 3)

@@ -159,7 +159,8 @@ def test_ground_points_of_obstacles_scale_the_intrinsics():
 def test_parameter_validation_reasons():
     assert P.validate("threshold", 0.7) is None and P.validate("threshold", float("nan")) is None
     assert "type" in P.validate("threshold", "high")
-    assert "≥ 1" in P.validate("min_obstacle_area_px", 0)
+    assert "≥ 0" in P.validate("min_obstacle_area_px", -1)
+    assert "unknown score" in P.validate("score", "msq") and P.validate("score", "") is None
     assert "latest, queue" in P.validate("queue_policy", "fifo")
     assert "registered" in P.validate("model", "resnet")
     assert "cuda:N" in P.validate("device", "gpu0")
@@ -173,7 +174,7 @@ def test_parameter_validation_reasons():
 
 def test_descriptors_carry_ranges_and_read_only():
     desc = P.descriptor("min_obstacle_area_px")
-    assert desc.integer_range[0].from_value == 1 and not desc.read_only
+    assert desc.integer_range[0].from_value == 0 and not desc.read_only
     assert P.descriptor("model").read_only
     assert P.descriptor("camera_pitch_deg").floating_point_range[0].to_value == 89.0
     assert "latest" in P.descriptor("queue_policy").description
@@ -192,14 +193,15 @@ def test_default_yaml_matches_the_parameter_table():
 
 
 def test_launch_defaults_are_the_core_defaults():
-    """XML cannot import Python: the launch file's model and score defaults are checked against vl_anomaly.defaults,
-    where they are defined once (the parameter table and config/vl_anomaly.yaml take them from there)."""
-    from vl_anomaly.defaults import DEFAULT_MODEL, DEFAULT_SCORE
+    """XML cannot import Python: the launch file's model default is checked against vl_anomaly.defaults, where it
+    is defined once (the parameter table and config/vl_anomaly.yaml take it from there); the score default is ''
+    everywhere: the model's own default score."""
+    from vl_anomaly.defaults import DEFAULT_MODEL
 
     args = {a.get("name"): a.get("default") for a in ET.parse(REPO_ROOT / "launch" / "vl_anomaly.launch.xml").getroot()
             .iter("arg")}
     assert args["model"] == DEFAULT_MODEL == P.PARAMS["model"].default
-    assert args["score"] == DEFAULT_SCORE == P.PARAMS["score"].default
+    assert args["score"] == "" == P.PARAMS["score"].default
 
 
 def test_fastdds_profile_and_rviz_config():

@@ -265,7 +265,7 @@ def test_parameters_validated_at_run_time(probe, node, image_pub, images):
         assert probe.wait_for(lambda: future.done(), 10.0)
         return future.result().results[0]
 
-    bad = {"queue_policy": "fifo", "min_obstacle_area_px": 0, "threshold": "high", "model": "espnet_p2_q8_cityscapes",
+    bad = {"queue_policy": "fifo", "min_obstacle_area_px": -1, "threshold": "high", "model": "espnet_p2_q8_cityscapes",
            "camera_pitch_deg": 120.0, "max_input_age_ms": -1.0}
     for name, value in bad.items():
         result = set_one(name, value)

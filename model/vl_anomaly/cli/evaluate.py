@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..defaults import DEFAULT_SCORE
+from ..factory import default_score
 from ..datasets import list_datasets, load_dataset
 from ..evaluation import run_evaluation
 from ..errors import ConfigError
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     predict.add_predictor_arguments(parser)
     parser.set_defaults(score=None)
     parser.add_argument("--scores", nargs="+", choices=list_scores(), default=None,
-                        help="several scores from one forward pass (default: --score, else msp)")
+                        help="several scores from one forward pass (default: --score, else the model's default score)")
     parser.add_argument("--dataset", action="append", required=True, metavar="NAME[=PATH]",
                         help=f"dataset to evaluate (repeatable); NAME in {', '.join(list_datasets())}; "
                              "without PATH the shared copy is used")
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    scores = args.scores or [args.score or DEFAULT_SCORE]
+    scores = args.scores or [args.score or default_score(args.model)]
     if args.fusion and "fused" not in scores:
         scores.append("fused")                              # --fusion: also evaluate the fused score
     datasets = [load_dataset(spec) for spec in args.dataset]

@@ -38,16 +38,21 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="default",
                         help="'default' (registered weights), 'none' (random), a .pth/.safetensors file or a "
                              "transformers checkpoint directory")
-    parser.add_argument("--score", default=DEFAULT_SCORE, choices=list_scores(), help="anomaly score")
+    parser.add_argument("--score", default=None, choices=list_scores(),
+                        help=f"anomaly score (default: the model's, e.g. {DEFAULT_SCORE} for single networks)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="obstacle threshold in score units (default: the score's documented default)")
+                        help="obstacle threshold in score units (default: the model's calibrated threshold for its "
+                             "default score, else the score's documented default)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 …")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size (default: the weights' training size)")
-    parser.add_argument("--min-area", type=int, default=100, help="smallest obstacle kept, pixels")
-    parser.add_argument("--drivable-only", action=argparse.BooleanOptionalAction, default=False,
-                        help="keep anomalies inside the predicted drivable region (road/sidewalk + margin)")
-    parser.add_argument("--drivable-margin", type=int, default=20, help="drivable-region dilation, pixels")
+    parser.add_argument("--min-area", type=int, default=None,
+                        help="smallest obstacle kept, pixels (default: the model's shipped rules, else 100)")
+    parser.add_argument("--drivable-only", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep anomalies inside the predicted drivable region (road/sidewalk + margin; default: "
+                             "the model's shipped rules, else off)")
+    parser.add_argument("--drivable-margin", type=int, default=None,
+                        help="drivable-region dilation, pixels (default: the model's shipped rules, else 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="inference backend (onnxruntime: the checked ONNX export, cached on first use; "

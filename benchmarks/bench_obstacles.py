@@ -1,0 +1,258 @@
+"""The obstacle list a planner gets, per shared set (issue 13): false obstacles per frame, share of labelled
+objects found (≥ 25 % covered), share of obstacles that are real (:mod:`vl_anomaly.metrics.obstacles`).
+
+1. Runs the predictor once per frame (``--model``, ``--score``; default the model's shipped score) and caches the
+   score map and the semantic map (``OUT/cache/<set>/<fid>.npz``).
+2. Applies post-processing settings to the cached maps — the model's shipped ``postprocess`` section (what
+   ``predict`` and the node use), the old per-pixel default, and with ``--calibrate`` a grid of component rules
+   (threshold, mean score, merge gap, largest area, drivable overlap) — and writes the table.
+
+Calibration picks, among the settings with at most ``--max-false`` false obstacles per frame on **every** set, the
+one that finds the largest mean share of objects over the sets, and reports it **leave one set out** too (chosen on
+the other three sets, measured on the fourth).
+
+    .venv/bin/python benchmarks/bench_obstacles.py -o outputs/obstacles --calibrate
+
+Writes ``OUT/obstacles.json`` and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vl_anomaly.cpu import cpu_model
+from vl_anomaly.datasets import load_dataset
+from vl_anomaly.evaluation.metrics_of_maps import evaluate_dataset
+from vl_anomaly.evaluation.score_maps import prefetch, score_map_dir
+from vl_anomaly.factory import create_predictor, default_postprocess, default_score
+from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
+from vl_anomaly.postprocess import PostprocessCfg, drivable_region, postprocess
+
+DATASETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
+
+
+def cache_maps(model: str, scores: list[str], datasets: list[str], out: Path, input_size) -> dict[str, list[dict]]:
+    """Score maps (evaluator format, ``OUT/score_maps/<set>/<score>/<fid>.npy``) and semantic maps
+    (``OUT/semantic/<set>/<fid>.png``) of every frame, from one forward pass each, computed once."""
+    predictor = None
+    frames: dict[str, list[dict]] = {}
+    for name in datasets:
+        dataset = load_dataset(name)
+        sem_dir = out / "semantic" / dataset.name
+        sem_dir.mkdir(parents=True, exist_ok=True)
+        for s in scores:
+            score_map_dir(out, dataset.name, s).mkdir(parents=True, exist_ok=True)
+        frames[name] = []
+        done = lambda fid: (sem_dir / f"{fid}.png").is_file() and all(                      # noqa: E731
+            (score_map_dir(out, dataset.name, s) / f"{fid}.npy").is_file() for s in scores)
+        todo = [f for f in dataset.frames if not done(f.frame_id)]
+        if todo and predictor is None:
+            predictor = create_predictor(model, input_size=input_size)
+        for _, fid, image, label in tqdm(prefetch(dataset, 2, bool(todo)), total=len(dataset), desc=name):
+            if not done(fid):
+                maps, semantic, _ = predictor.score_maps(image, scores)
+                for s, m in maps.items():
+                    np.save(score_map_dir(out, dataset.name, s) / f"{fid}.npy", m.astype(np.float16))
+                cv2.imwrite(str(sem_dir / f"{fid}.png"), semantic)
+            frames[name].append({"fid": fid, "label": label, "semantic": sem_dir / f"{fid}.png",
+                                 "scores": {s: score_map_dir(out, dataset.name, s) / f"{fid}.npy" for s in scores}})
+    return frames
+
+
+def _load(frame: dict, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.load(frame["scores"][score]).astype(np.float32),
+            cv2.imread(str(frame["semantic"]), cv2.IMREAD_UNCHANGED), frame["label"])
+
+
+def evaluate(cfg: PostprocessCfg, frames: dict[str, list[dict]], score: str) -> dict[str, ObstacleCounts]:
+    """Counts per set of the obstacles ``postprocess`` publishes with ``cfg``."""
+    out = {}
+    for name, items in frames.items():
+        total = ObstacleCounts()
+        for frame in items:
+            score_map, semantic, label = _load(frame, score)
+            mask, _, _ = postprocess(score_map, cfg, semantic)
+            _, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+            total = total + obstacle_counts(components, label)
+        out[name] = total
+    return out
+
+
+class FrameComponents:
+    """Every candidate component of one frame at one (threshold, merge gap), with what the rules and the metrics
+    need, so that each rule setting is a cheap filter (calibration)."""
+
+    def __init__(self, score: np.ndarray, region: np.ndarray, label: np.ndarray, threshold: float, gap: int):
+        mask = score >= threshold
+        if gap > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
+            mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+        count, comps = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        flat = comps.ravel()
+        lab = label.ravel()
+        self.area = np.bincount(flat, minlength=count).astype(np.float64)
+        self.mean = np.bincount(flat, weights=score.ravel(), minlength=count) / np.maximum(self.area, 1)
+        self.inside = np.bincount(flat, weights=region.ravel(), minlength=count) / np.maximum(self.area, 1)
+        self.void = np.bincount(flat, weights=lab == 255, minlength=count)
+        self.anomaly = np.bincount(flat, weights=lab == 1, minlength=count)
+        n_obj, objects = cv2.connectedComponents((label == 1).astype(np.uint8), connectivity=8)
+        obj_area = np.bincount(objects.ravel(), minlength=n_obj)
+        self.objects = np.flatnonzero(obj_area >= 50)
+        self.objects = self.objects[self.objects > 0]
+        self.object_area = obj_area[self.objects]
+        # overlap (component, object) for the objects that count
+        sel = np.isin(objects.ravel(), self.objects) & (flat > 0)
+        pairs = np.stack([flat[sel], objects.ravel()[sel]], 1)
+        self.pairs, self.pair_px = (np.unique(pairs, axis=0, return_counts=True) if len(pairs)
+                                    else (np.zeros((0, 2), int), np.zeros(0, int)))
+        self.size = score.size
+
+    def counts(self, min_area: float, max_area_frac: float, min_mean: float, min_inside: float) -> ObstacleCounts:
+        ok = (self.area >= min_area) & (self.area <= max_area_frac * self.size) & (self.mean >= min_mean) \
+            & (self.inside >= min_inside)
+        ok[0] = False
+        c = ObstacleCounts(frames=1, objects=len(self.objects))
+        listed = ok & (self.area >= 50)
+        void = listed & (self.void >= 0.9 * self.area)
+        real = listed & ~void & (self.anomaly >= 0.25 * (self.area - self.void))
+        c.obstacles, c.void, c.real = int(listed.sum()), int(void.sum()), int(real.sum())
+        c.false = c.obstacles - c.void - c.real
+        if len(self.objects):
+            covered = np.zeros(int(self.objects.max()) + 1)
+            keep = ok[self.pairs[:, 0]]
+            np.add.at(covered, self.pairs[keep, 1], self.pair_px[keep])
+            c.found = int((covered[self.objects] >= 0.25 * self.object_area).sum())
+        return c
+
+
+def calibrate(frames_in: dict[str, list[dict]], score: str, base: PostprocessCfg, max_false: float,
+              downscale: int = 2) -> dict:
+    """Grid search of the component rules (module docstring), at 1/``downscale`` resolution (areas scaled)."""
+    thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
+    gaps = [0, 4]
+    min_areas = [100, 400, 1600]
+    max_fracs = [0.02, 0.05, 1.0]
+    min_means = [0.0, 0.5, 0.6, 0.7]
+    min_insides = [0.0, 0.5, 0.9]
+    s2 = downscale * downscale
+    frames = {}
+    for name, items in frames_in.items():
+        frames[name] = []
+        for frame in tqdm(items, desc=f"components {name}"):
+            score_map, semantic, label = _load(frame, score)
+            h, w = label.shape
+            size = (w // downscale, h // downscale)
+            score_map = cv2.resize(score_map, size, interpolation=cv2.INTER_AREA)
+            semantic = cv2.resize(semantic, size, interpolation=cv2.INTER_NEAREST)
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+            region = drivable_region(semantic, base.drivable_classes, base.drivable_margin_px // downscale)
+            frames[name].append({(t, g): FrameComponents(score_map, region, label, t, g // downscale)
+                                 for t in thresholds for g in gaps})
+    grid = []
+    for t, g, a, f, m, i in itertools.product(thresholds, gaps, min_areas, max_fracs, min_means, min_insides):
+        if m and m < t:
+            continue                                        # a mean below the threshold cannot filter anything
+        per_set = {}
+        for name, fr in frames.items():
+            total = ObstacleCounts()
+            for comps in fr:
+                total = total + comps[(t, g)].counts(a / s2, f, m, i)
+            per_set[name] = total
+        grid.append(({"threshold": t, "merge_gap_px": g, "min_area_px": a, "max_area_frac": f,
+                      "min_mean_score": m or None, "min_drivable_overlap": i}, per_set))
+
+    def choose(sets: list[str]):
+        feasible = [(p, c) for p, c in grid if all(c[s].false_per_frame <= max_false for s in sets)]
+        if not feasible:
+            return None
+        return max(feasible, key=lambda pc: (np.mean([pc[1][s].found_share for s in sets]),
+                                             -np.mean([pc[1][s].false_per_frame for s in sets])))
+
+    names = list(frames)
+    chosen = choose(names)
+    loso = {}
+    for held in names:
+        pick = choose([s for s in names if s != held])
+        loso[held] = None if pick is None else {"params": pick[0], "held_out": pick[1][held].to_dict()}
+    return {"grid_size": len(grid), "max_false_per_frame": max_false, "downscale": downscale,
+            "chosen": None if chosen is None else {"params": chosen[0],
+                                                   "per_set": {s: c.to_dict() for s, c in chosen[1].items()}},
+            "leave_one_set_out": loso}
+
+
+def table(rows: dict[str, dict[str, ObstacleCounts]]) -> str:
+    sets = list(next(iter(rows.values())))
+    lines = ["| settings | " + " | ".join(f"{s}: false/frame · found · real" for s in sets) + " |",
+             "|---|" + "---|" * len(sets)]
+    for label, per_set in rows.items():
+        cells = [f"{c.false_per_frame:.2f} · {100 * c.found_share:.0f} % · {100 * c.real_share:.0f} %"
+                 for c in per_set.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="lite_ensemble_cityscapes")
+    parser.add_argument("--score", default=None, help="score of the obstacle list (default: the model's)")
+    parser.add_argument("--also", nargs="*", default=[], help="more scores to cache and evaluate (pixel AP)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=None)
+    parser.add_argument("--datasets", nargs="+", default=DATASETS)
+    parser.add_argument("-o", "--out", type=Path, default=Path("outputs/obstacles"))
+    parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--max-false", type=float, default=1.5, help="false obstacles per frame allowed on every set")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    score = args.score or default_score(args.model)
+    scores = [score, *[s for s in args.also if s != score]]
+    frames = cache_maps(args.model, scores, args.datasets, args.out, args.input_size)
+    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "platform": platform.platform(),
+              "model": args.model, "score": score, "pixel": {}}
+    for name in args.datasets:                        # the official pixel metrics of every cached score
+        per_score = evaluate_dataset(load_dataset(name), scores, args.out, "official", 2)
+        result["pixel"][name] = {s: {"AP": r["pixel"]["AuPRC"], "FPR95": r["pixel"]["FPR95"]}
+                                 for s, r in per_score.items()}
+    shipped = default_postprocess(args.model, score)
+    per_pixel = PostprocessCfg(threshold=shipped.threshold, min_area_px=100, drivable_only=True)
+    rows = {"per-pixel (threshold, ≥ 100 px, drivable pixels)": evaluate(per_pixel, frames, score),
+            "shipped component rules": evaluate(shipped, frames, score)}
+    result["shipped"] = shipped.to_dict()
+    if args.calibrate:
+        result["calibration"] = calibrate(frames, score, shipped, args.max_false)
+        chosen = result["calibration"]["chosen"]
+        if chosen is not None:
+            rows["calibrated (full resolution)"] = evaluate(replace(shipped, **chosen["params"]), frames, score)
+    result["rows"] = {k: {s: c.to_dict() for s, c in v.items()} for k, v in rows.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "obstacles.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.model}, score {score} ({cpu_model()}, {result['date']})\n")
+    print("| score | " + " | ".join(f"{n} AP / FPR95" for n in args.datasets) + " | mean AP |")
+    print("|---|" + "---|" * (len(args.datasets) + 1))
+    for s in scores:
+        cells = [f"{result['pixel'][n][s]['AP']:.2f} / {result['pixel'][n][s]['FPR95']:.2f}" for n in args.datasets]
+        print(f"| {s} | " + " | ".join(cells) + f" | {np.mean([result['pixel'][n][s]['AP'] for n in args.datasets]):.2f} |")
+    print()
+    print(table(rows))
+    if args.calibrate:
+        print("\nchosen:", json.dumps(chosen and chosen["params"]))
+        for held, entry in result["calibration"]["leave_one_set_out"].items():
+            if entry:
+                h = entry["held_out"]
+                print(f"leave out {held}: {h['false_per_frame']:.2f} false/frame, {100 * h['found_share']:.0f} % "
+                      f"found, {100 * h['real_share']:.0f} % real with {entry['params']}")
+
+
+if __name__ == "__main__":
+    main()
