@@ -162,7 +162,7 @@ class AnomalyNode(LifecycleNode):
                                  f"got {height} x {width}")
         weights = self.param("weights")
         predictor = create_predictor(
-            self.param("model"), weights=None if weights == "none" else weights, score=self.param("score") or None,
+            self.param("model"), weights=None if weights == "none" else weights, score=None if self.param("score") == "default" else self.param("score"),
             device=self.param("device"), input_size=(height, width) if height else None,
             backend=self.param("backend"), onnx_path=self.param("onnx_path") or None,
             precision=self.param("tensorrt_precision"), fusion=self.param("fusion_config") or None,
@@ -385,7 +385,7 @@ class AnomalyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ diagnostics
     def _score_name(self) -> str:
-        """The score in use: the predictor's once configured (the model's default when the parameter is '')."""
+        """The score in use: the predictor's once configured (the model's default when the parameter is 'default')."""
         return self.predictor.score_name if self.predictor is not None else self.param("score")
 
     def publish_diagnostics(self) -> None:

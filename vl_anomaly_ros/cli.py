@@ -80,7 +80,7 @@ def _add_node_arguments(p: argparse.ArgumentParser) -> None:
     from vl_anomaly.deploy import BACKENDS
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="node parameter model")
-    p.add_argument("--score", default="", help="node parameter score ('' = the model's default score)")
+    p.add_argument("--score", default="default", help="node parameter score ('default' = the model's default score)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="network input size (node parameters input_height, input_width)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the node")

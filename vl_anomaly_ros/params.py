@@ -38,8 +38,8 @@ def _model_check(value: str) -> str | None:
 
 
 def _score_check(value: str) -> str | None:
-    return None if value == "" or value in list_scores() else \
-        f"unknown score {value!r}; choose one of {', '.join(list_scores())}, or '' for the model's default"
+    return None if value == "default" or value in list_scores() else \
+        f"unknown score {value!r}; choose one of {', '.join(list_scores())}, or 'default' for the model's own"
 
 
 def _device_check(value: str) -> str | None:
@@ -79,7 +79,8 @@ PARAMS: dict[str, ParamSpec] = {
                               read_only=True, min=0, max=4096, check=_size_check),
     "input_width": ParamSpec(0, "network input width in px (multiple of 32); 0 = the weights' training size",
                              read_only=True, min=0, max=8192, check=_size_check),
-    "score": ParamSpec("", f"anomaly score; '' = the model's default score (its config's, else {DEFAULT_SCORE})",
+    "score": ParamSpec("default", f"anomaly score; 'default' = the model's default score (its config's, else "
+                                  f"{DEFAULT_SCORE})",
                        read_only=True,
                        check=_score_check),
     "threshold": ParamSpec(float("nan"), "obstacle threshold in score units (score ≥ threshold is anomalous); "

@@ -160,7 +160,7 @@ def test_parameter_validation_reasons():
     assert P.validate("threshold", 0.7) is None and P.validate("threshold", float("nan")) is None
     assert "type" in P.validate("threshold", "high")
     assert "≥ 0" in P.validate("min_obstacle_area_px", -1)
-    assert "unknown score" in P.validate("score", "msq") and P.validate("score", "") is None
+    assert "unknown score" in P.validate("score", "msq") and P.validate("score", "default") is None
     assert "latest, queue" in P.validate("queue_policy", "fifo")
     assert "registered" in P.validate("model", "resnet")
     assert "cuda:N" in P.validate("device", "gpu0")
@@ -194,14 +194,14 @@ def test_default_yaml_matches_the_parameter_table():
 
 def test_launch_defaults_are_the_core_defaults():
     """XML cannot import Python: the launch file's model default is checked against vl_anomaly.defaults, where it
-    is defined once (the parameter table and config/vl_anomaly.yaml take it from there); the score default is ''
-    everywhere: the model's own default score."""
+    is defined once (the parameter table and config/vl_anomaly.yaml take it from there); the score default is
+    'default' everywhere: the model's own default score (an empty value cannot pass as a `-p` override)."""
     from vl_anomaly.defaults import DEFAULT_MODEL
 
     args = {a.get("name"): a.get("default") for a in ET.parse(REPO_ROOT / "launch" / "vl_anomaly.launch.xml").getroot()
             .iter("arg")}
     assert args["model"] == DEFAULT_MODEL == P.PARAMS["model"].default
-    assert args["score"] == "" == P.PARAMS["score"].default
+    assert args["score"] == "default" == P.PARAMS["score"].default
 
 
 def test_fastdds_profile_and_rviz_config():

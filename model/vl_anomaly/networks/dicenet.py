@@ -42,7 +42,7 @@ from torch import nn
 
 from ..outputs import SegmenterOutput
 from .espnet import split_void_channel
-from .espnetv2 import EfficientPointwiseProjection, EfficientPyramidPooling
+from .espnetv2 import EfficientPointwiseProjection, EfficientPyramidPooling, edgenets_decode
 from .layers import SeqBNPReLU, SeqConvBNPReLU
 
 #: Encoder channels per width scale s: level 1, level 2 (max-pool of level 1), level 3, level 4.
@@ -158,10 +158,6 @@ class DiCENetEncoder(nn.Module):
         return l1, l2, l3, self.level4(l3)
 
 
-def _upsample2(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-
-
 class DiCENet(nn.Module):
     """DiCENet segmentation network. ``forward``: ``(B, 3, H, W) → SegmenterOutput`` (H, W multiples of 32).
 
@@ -200,13 +196,12 @@ class DiCENet(nn.Module):
 
     def forward_raw(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W) → (all output channels (B, num_outputs, H, W), level-3 features (B, c3, H/8, W/8))``."""
-        l1, l2, l3, l4 = self.base_net(pixel_values)
-        x = self.eff_pool_16x16(l4)
-        x = self.eff_pool_32x32(self.bu_br_32x32(_upsample2(x) + self.proj_enc_32x32(l3)))
-        x = self.eff_pool_64x64(self.bu_br_64x64(_upsample2(x) + self.proj_enc_64x64(l2)))
-        x = self.eff_pool_128x128(self.bu_br_128x128(_upsample2(x) + self.proj_enc_128x128(l1)))
-        out = F.interpolate(x, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)
-        return out, l3
+        levels = self.base_net(pixel_values)
+        out = edgenets_decode(levels, (self.eff_pool_16x16, self.eff_pool_32x32, self.eff_pool_64x64,
+                                       self.eff_pool_128x128),
+                              (self.proj_enc_32x32, self.proj_enc_64x64, self.proj_enc_128x128),
+                              (self.bu_br_32x32, self.bu_br_64x64, self.bu_br_128x128), pixel_values.shape[-2:])
+        return out, levels[2]
 
     def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
         raw, features = self.forward_raw(pixel_values)

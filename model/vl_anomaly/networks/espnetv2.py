@@ -191,6 +191,30 @@ class EfficientPointwiseProjection(nn.Module):
         return self.expansion_layer(x) * self.wt_layer(x)
 
 
+def edgenets_decode(levels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                    pools: tuple[nn.Module, nn.Module, nn.Module, nn.Module],
+                    projections: tuple[nn.Module, nn.Module, nn.Module], bridges: tuple[nn.Module, nn.Module, nn.Module],
+                    size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """The EdgeNets segmentation decoder, shared by ESPNetv2 and DiCENet (their state dicts name its parts
+    differently, so each network keeps its own modules and passes them here).
+
+    ``x = pools[0](l4)``; then for the skips ``(l3, l2, l1)``: ``x = pools[i](bridges[i−1](up2(x) + projections[i−1](
+    skip)))``; finally bilinear (``align_corners=True``) to ``size``.
+
+    Args:
+        levels: encoder outputs ``(l1, l2, l3, l4)`` at strides 2, 4, 8, 16.
+        pools: four :class:`EfficientPyramidPooling`, deepest first (the last one outputs the classes).
+        projections: three :class:`EfficientPointwiseProjection` of ``l3``, ``l2``, ``l1``.
+        bridges: three BN + PReLU after each merge.
+    Returns ``(B, num_outputs, *size)``.
+    """
+    l1, l2, l3, l4 = levels
+    x = pools[0](l4)
+    for pool, projection, bridge, skip in zip(pools[1:], projections, bridges, (l3, l2, l1)):
+        x = pool(bridge(_upsample2(x) + projection(skip)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
 class ESPNetv2(nn.Module):
     """ESPNetv2 segmentation network. ``forward``: ``(B, 3, H, W) → SegmenterOutput``.
 
@@ -228,18 +252,16 @@ class ESPNetv2(nn.Module):
 
     def forward_raw(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W) → (all output channels (B, num_outputs, H, W), level-3 features (B, c3, H/8, W/8))``."""
-        l1, l2, l3, l4 = self.base_net(pixel_values)
-        x = self.bu_dec_l1(l4)
-        x = self.bu_dec_l2(self.bu_br_l2(_upsample2(x) + self.merge_enc_dec_l2(l3)))
-        x = self.bu_dec_l3(self.bu_br_l3(_upsample2(x) + self.merge_enc_dec_l3(l2)))
-        x = self.bu_dec_l4(self.bu_br_l4(_upsample2(x) + self.merge_enc_dec_l4(l1)))
-        out = F.interpolate(x, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)
-        return out, l3
+        levels = self.base_net(pixel_values)
+        out = edgenets_decode(levels, (self.bu_dec_l1, self.bu_dec_l2, self.bu_dec_l3, self.bu_dec_l4),
+                              (self.merge_enc_dec_l2, self.merge_enc_dec_l3, self.merge_enc_dec_l4),
+                              (self.bu_br_l2, self.bu_br_l3, self.bu_br_l4), pixel_values.shape[-2:])
+        return out, levels[2]
 
     def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
         raw, features = self.forward_raw(pixel_values)
         return split_void_channel(raw, features, self.feature_stride, self.num_classes, self.void_index)
 
 
-__all__ = ["ESPNetv2", "ESPNetv2Encoder", "EESP", "StridedEESP", "EfficientPyramidPooling",
+__all__ = ["edgenets_decode", "ESPNetv2", "ESPNetv2Encoder", "EESP", "StridedEESP", "EfficientPyramidPooling",
            "EfficientPointwiseProjection"]
