@@ -29,6 +29,7 @@ from .preprocess import PreprocessCfg
 
 from .deploy import check_backend, load_deployed_model
 from .fusion import FusionCfg, list_fusion_configs, load_fusion
+from .networks.ensemble import input_divisor
 from .pretrained import get_pretrained_cfg, load_registered_state_dict, resolve_clip_weights
 from .registry import build_network, get_model_config
 from .scores import ScoringCfg, get_score
@@ -108,6 +109,10 @@ def member_names(cfg: dict) -> list[str]:
         if not 0.0 < resolution <= 1.0:
             raise ConfigError(f"ensemble {cfg.get('name')!r}: member {spec['model']!r} resolution must be in "
                               f"(0, 1], got {resolution}")
+        try:
+            input_divisor(32, resolution)
+        except ValueError as exc:
+            raise ConfigError(f"ensemble {cfg.get('name')!r}: {exc}") from None
         names.append(spec["model"])
     return names
 
@@ -211,9 +216,8 @@ def get_preprocess_cfg(name: str, input_size: tuple[int, int] | None = None) -> 
     if "members" in cfg:                  # raw RGB, resized once; each member normalises inside the forward pass
         names = member_names(cfg)
         members = [get_preprocess_cfg(m) for m in names]
-        divisor = max(int(math.ceil(p.size_divisor / float(spec.get("resolution", 1.0))))
-                      for p, spec in zip(members, cfg["members"]))
-        divisor = math.lcm(*[p.size_divisor for p in members], divisor)
+        divisor = math.lcm(*[input_divisor(p.size_divisor, float(spec.get("resolution", 1.0)))
+                             for p, spec in zip(members, cfg["members"])])
         return PreprocessCfg(input_size=members[0].input_size, channel_order="rgb", mean=(0.0, 0.0, 0.0),
                              std=(1.0, 1.0, 1.0), scale=1.0, antialias=True,
                              size_divisor=divisor).with_input_size(input_size)

@@ -11,6 +11,7 @@ import torch
 
 from vl_anomaly import ConfigError, add_model_config, create_model, create_predictor
 from vl_anomaly.factory import get_preprocess_cfg
+from vl_anomaly.networks.ensemble import input_divisor
 from vl_anomaly.preprocess import preprocess
 from vl_anomaly.scores import boundary_suppressed, check_score_fits, compute_score, mutual_information, ScoringCfg
 
@@ -47,12 +48,25 @@ def test_lower_member_resolution_and_clear_config_errors(tmp_path):
     (tmp_path / "half_res_test.yaml").write_text(
         "family: ensemble\nclasses: cityscapes\narch: {}\n"
         "members: [{model: espnetv2_s1.0_cityscapes}, {model: espnetv2_s1.5_cityscapes, resolution: 0.5}]\n")
+    (tmp_path / "three_quarter_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\n"
+        "members: [{model: espnetv2_s1.0_cityscapes, resolution: 0.75}, {model: dicenet_s1.75_cityscapes}]\n")
+    (tmp_path / "odd_resolution_test.yaml").write_text(
+        "family: ensemble\nclasses: cityscapes\narch: {}\nmembers: [{model: espnetv2_s1.0_cityscapes, resolution: 0.7071}]\n")
     (tmp_path / "vl_member_test.yaml").write_text(
         "family: ensemble\nclasses: cityscapes\narch: {}\nmembers: [{model: vl_anomaly_espnetv2_vitb16}]\n")
     (tmp_path / "bad_resolution_test.yaml").write_text(
         "family: ensemble\nclasses: cityscapes\narch: {}\nmembers: [{model: espnetv2_s1.0_cityscapes, resolution: 2}]\n")
     add_model_config(tmp_path)
     assert get_preprocess_cfg("half_res_test").size_divisor == 64          # the half-size member needs ÷32 too
+    assert [input_divisor(32, r) for r in (1.0, 0.5, 0.75, 0.25)] == [32, 64, 128, 128]
+    assert get_preprocess_cfg("three_quarter_test").size_divisor == 128      # 0.75 · 128 = 96 = 3 · 32
+    three_quarter = create_model("three_quarter_test", weights=None)
+    assert three_quarter.size_divisor == 128
+    with torch.no_grad():
+        assert three_quarter(torch.rand(1, 3, 128, 256) * 255).member_logits.shape == (1, 2, 19, 128, 256)
+    with pytest.raises(ConfigError, match="simple fraction"):
+        create_model("odd_resolution_test", weights=None)
     model = create_model("half_res_test", weights=None)
     with torch.no_grad():
         out = model(torch.rand(1, 3, 128, 256) * 255)

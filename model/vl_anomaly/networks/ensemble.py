@@ -19,12 +19,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..outputs import SegmenterOutput
+
+
+def input_divisor(member_divisor: int, resolution: float) -> int:
+    """The smallest D such that every ensemble input side that is a multiple of D gives a member of divisor
+    ``member_divisor`` an integer side that is a multiple of its divisor at ``resolution``: with
+    ``resolution = p/q`` (reduced), ``H·p/q ≡ 0 (mod d)`` ⇔ ``H ≡ 0 (mod d·q / gcd(p, d·q))``.
+    E.g. ``d = 32``: resolution 1 → 32, 0.5 → 64, 0.75 → 128."""
+    frac = Fraction(resolution).limit_denominator(64)
+    if abs(float(frac) - resolution) > 1e-9:
+        raise ValueError(f"member resolution {resolution} must be a simple fraction (denominator ≤ 64), e.g. 0.5, 0.75")
+    dq = member_divisor * frac.denominator
+    return dq // math.gcd(frac.numerator, dq)
 
 
 @dataclass(frozen=True)
@@ -79,10 +92,9 @@ class EnsembleSegmenter(nn.Module):
         first = members[0]
         self.feature_stride = int(round(first.feature_stride / inputs[0].resolution))
         self.feature_channels = int(getattr(first, "feature_channels", 0))
-        # every member must see a valid input size: the ensemble's divisor is the members' largest, scaled up by
-        # the smallest resolution factor
-        self.size_divisor = max(int(math.ceil(getattr(m, "size_divisor", 8) / s.resolution))
-                                for m, s in zip(members, inputs))
+        # every member must see a valid input size at its resolution
+        self.size_divisor = math.lcm(*[input_divisor(int(getattr(m, "size_divisor", 8)), s.resolution)
+                                       for m, s in zip(members, inputs)])
 
     def member_input(self, index: int, rgb: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` RGB 0–255 → member ``index``'s pre-processed input ``(B, 3, h, w)``."""
@@ -113,4 +125,4 @@ class EnsembleSegmenter(nn.Module):
                                member_logits=stacked)
 
 
-__all__ = ["EnsembleSegmenter", "MemberInput"]
+__all__ = ["EnsembleSegmenter", "MemberInput", "input_divisor"]
