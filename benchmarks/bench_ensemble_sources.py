@@ -25,7 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from vl_anomaly.cpu import cpu_model
+from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation.metrics_of_maps import evaluate_dataset
 from vl_anomaly.evaluation.score_maps import prefetch, score_map_dir
@@ -35,23 +35,38 @@ from vl_anomaly.preprocess import preprocess
 from vl_anomaly.registry import add_model_config
 from vl_anomaly.scores import ScoreContext, ScoringCfg
 
-CANDIDATES = ["espnetv2_s2.0_cityscapes", "espnetv2_s1.5_cityscapes", "espnetv2_s1.0_cityscapes",
-              "dicenet_s1.75_cityscapes", "espnet_p2_q8_cityscapes"]
-SHORT = {"espnetv2_s2.0_cityscapes": "v2s2", "espnetv2_s1.5_cityscapes": "v2s15", "espnetv2_s1.0_cityscapes": "v2s1",
-         "dicenet_s1.75_cityscapes": "dice", "espnet_p2_q8_cityscapes": "espnet"}
-VARIANTS = {
-    "v2s2": [0], "dice": [3], "v2_all": [0, 1, 2], "v2_all+dice": [0, 1, 2, 3], "v2_all+espnet": [0, 1, 2, 4],
-    "all5": [0, 1, 2, 3, 4], "v2s2+dice": [0, 3],
+# Candidate members: a registered model at a fraction of the ensemble's input resolution (1.0 = 512×1024).
+CANDIDATES = {
+    "v2s2": ("espnetv2_s2.0_cityscapes", 1.0), "v2s15": ("espnetv2_s1.5_cityscapes", 1.0),
+    "v2s1": ("espnetv2_s1.0_cityscapes", 1.0), "dice": ("dicenet_s1.75_cityscapes", 1.0),
+    "espnet": ("espnet_p2_q8_cityscapes", 1.0),
+    "v2s2@75": ("espnetv2_s2.0_cityscapes", 0.75), "v2s15@75": ("espnetv2_s1.5_cityscapes", 0.75),
+    "v2s1@75": ("espnetv2_s1.0_cityscapes", 0.75), "dice@75": ("dicenet_s1.75_cityscapes", 0.75),
+    "v2s15@50": ("espnetv2_s1.5_cityscapes", 0.5), "v2s1@50": ("espnetv2_s1.0_cityscapes", 0.5),
+    "dice@50": ("dicenet_s1.75_cityscapes", 0.5),
 }
+VARIANTS = {
+    "v2s2": ["v2s2"], "dice": ["dice"], "v2_all": ["v2s2", "v2s15", "v2s1"],
+    "v2_all+dice": ["v2s2", "v2s15", "v2s1", "dice"],
+    "v2s2+(v2s15,v2s1,dice)@50": ["v2s2", "v2s15@50", "v2s1@50", "dice@50"],
+    "v2s2+(v2s15,dice)@50": ["v2s2", "v2s15@50", "dice@50"],
+    "v2s2+(v2s15,v2s1,dice)@75": ["v2s2", "v2s15@75", "v2s1@75", "dice@75"],
+    "(v2_all+dice)@75": ["v2s2@75", "v2s15@75", "v2s1@75", "dice@75"],
+    # round 1 (RoadAnomaly21 + RoadObstacle21 only): ESPNet and pairs
+    "v2_all+espnet": ["v2s2", "v2s15", "v2s1", "espnet"], "all5": ["v2s2", "v2s15", "v2s1", "dice", "espnet"],
+    "v2s2+dice": ["v2s2", "dice"],
+}
+DEFAULT_VARIANTS = [v for v in VARIANTS if "espnet" not in VARIANTS[v] and v != "v2s2+dice"]
 SINGLE_SOURCES = ["msp", "max_logit"]
-ENSEMBLE_SOURCES = ["msp", "max_logit", "mutual_information", "msp_boundary"]
+ENSEMBLE_SOURCES = ["msp", "max_logit", "entropy", "mutual_information", "msp_boundary"]
 DATASETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
 
 
-def superset_model(tmp: Path, used: list[int]):
+def superset_model(tmp: Path, used: list[str]):
     """One ensemble of the candidates the variants use (registered on the fly from a temporary YAML)."""
-    cfg = {"family": "ensemble", "classes": "cityscapes", "members": [{"model": CANDIDATES[i]} for i in used],
-           "arch": {}}
+    members = [{"model": CANDIDATES[c][0], **({"resolution": CANDIDATES[c][1]} if CANDIDATES[c][1] != 1.0 else {})}
+               for c in used]
+    cfg = {"family": "ensemble", "classes": "cityscapes", "members": members, "arch": {}}
     path = tmp / "candidates_ensemble.yaml"
     path.write_text(yaml.safe_dump(cfg))
     add_model_config(path)
@@ -71,19 +86,19 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/ensembles"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--sources", nargs="+", default=None, help="only these sources (default: all)")
     parser.add_argument("--skip-inference", action="store_true", help="only evaluate maps already written")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     scores = {v: [f"{v}.{s}" for s in (ENSEMBLE_SOURCES if len(VARIANTS[v]) > 1 else SINGLE_SOURCES)
                   if args.sources is None or s in args.sources]
               for v in args.variants}
     results = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "platform": platform.platform(),
-               "torch": torch.__version__, "threads": args.threads, "candidates": CANDIDATES,
-               "variants": {v: [CANDIDATES[i] for i in VARIANTS[v]] for v in args.variants}, "datasets": {}}
-    used = sorted({i for v in args.variants for i in VARIANTS[v]})           # candidates run, in this order
+               "torch": torch.__version__, "threads": args.threads, "candidates": {c: {"model": m, "resolution": r} for c, (m, r) in CANDIDATES.items()},
+               "variants": {v: VARIANTS[v] for v in args.variants}, "datasets": {}}
+    used = [c for c in CANDIDATES if any(c in VARIANTS[v] for v in args.variants)]   # candidates run, in order
     position = {c: k for k, c in enumerate(used)}
     model, pre = (None, None) if args.skip_inference else superset_model(args.out, used)
     scoring = ScoringCfg()
@@ -102,7 +117,7 @@ def main() -> None:
                     ctx = ScoreContext(output=variant_output(out.member_logits, out.pixel_features, members),
                                        image=image, model=None, cfg=scoring)
                     for full in scores[v]:
-                        source = full.split(".", 1)[1]
+                        source = full.rsplit(".", 1)[1]
                         np.save(score_map_dir(args.out, dataset.name, full) / f"{fid}.npy",
                                 ctx.map(source).astype(np.float16))
                 tqdm.write(f"{fid}: members {t1 - t0:.1f} s, maps {time.perf_counter() - t1:.1f} s")

@@ -7,6 +7,7 @@ quieter during the run affects all of them alike; the ratios to single ESPNetv2 
 figures to quote.
 
     .venv/bin/python benchmarks/bench_ensemble_speed.py --threads 2 --rounds 5 -o benchmarks/results/ensemble_speed.json
+    .venv/bin/python benchmarks/bench_ensemble_speed.py --backends torch --configs candidate_a.yaml candidate_b.yaml
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vl_anomaly import create_predictor, read_image
 from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.paths import anomaly_val_dir
 from vl_anomaly.preprocess import preprocess
+from vl_anomaly.registry import add_model_config
 
 BASELINE = "espnetv2_s2.0_cityscapes"
 
@@ -32,6 +34,8 @@ BASELINE = "espnetv2_s2.0_cityscapes"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=[BASELINE, "lite_ensemble_cityscapes"])
+    parser.add_argument("--configs", nargs="*", default=[], type=Path,
+                        help="extra model YAMLs (e.g. candidate ensembles) to register and measure too")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--input-size", type=int, nargs=2, default=[512, 1024])
     parser.add_argument("--threads", type=int, default=2)
@@ -39,6 +43,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", default="benchmarks/results/ensemble_speed.json")
     args = parser.parse_args()
     set_threads(args.threads)
+    for config in args.configs:
+        args.models += [m for m in add_model_config(config) if m not in args.models]
     image = read_image(anomaly_val_dir() / "RoadObstacle21" / "images" / "0.webp")
     size = tuple(args.input_size)
     cases = {}
