@@ -2,14 +2,15 @@
 objects found (≥ 25 % covered), share of obstacles that are real (:mod:`vl_anomaly.metrics.obstacles`).
 
 1. Runs the predictor once per frame (``--model``, ``--score``; default the model's shipped score) and caches the
-   score map and the semantic map (``OUT/cache/<set>/<fid>.npz``).
+   score map and the semantic map (``OUT/score_maps/<set>/<score>/<fid>.npy``, ``OUT/semantic/<set>/<fid>.png``).
 2. Applies post-processing settings to the cached maps — the model's shipped ``postprocess`` section (what
    ``predict`` and the node use), the old per-pixel default, and with ``--calibrate`` a grid of component rules
-   (threshold, mean score, merge gap, largest area, drivable overlap) — and writes the table.
+   (threshold, merge gap, smallest and largest area, mean score, peak score, drivable overlap) — and writes the
+   table.
 
-Calibration picks, among the settings with at most ``--max-false`` false obstacles per frame on **every** set, the
-one that finds the largest mean share of objects over the sets, and reports it **leave one set out** too (chosen on
-the other three sets, measured on the fourth).
+Calibration picks, among the settings that stay within each set's false obstacles per frame (``--max-false``;
+default :data:`MAX_FALSE`, the issue's targets), the one that finds the largest mean share of objects over the sets,
+and reports it **leave one set out** too (chosen on the other three sets, measured on the fourth).
 
     .venv/bin/python benchmarks/bench_obstacles.py -o outputs/obstacles --calibrate
 
@@ -40,6 +41,11 @@ from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
 from vl_anomaly.postprocess import PostprocessCfg, drivable_region, postprocess
 
 DATASETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
+#: False obstacles per frame a planner can live with (issue 13's targets): 1.5 where every labelled object is an
+#: obstacle on the road (RoadObstacle21), 4 where anomalies lie anywhere in the scene (RoadAnomaly21, RoadAnomaly,
+#: and FS Static, whose objects are pasted at random places). With 1.5 on FS Static too, the rules must lean on the
+#: predicted drivable region and find fewer objects on every set (docs/results.md).
+MAX_FALSE = {"road_anomaly_21": 4.0, "road_obstacle_21": 1.5, "fs_static": 4.0, "road_anomaly": 4.0}
 
 
 def cache_maps(model: str, scores: list[str], datasets: list[str], out: Path, input_size) -> dict[str, list[dict]]:
@@ -104,6 +110,8 @@ class FrameComponents:
         self.area = np.bincount(flat, minlength=count).astype(np.float64)
         self.mean = np.bincount(flat, weights=score.ravel(), minlength=count) / np.maximum(self.area, 1)
         self.inside = np.bincount(flat, weights=region.ravel(), minlength=count) / np.maximum(self.area, 1)
+        self.peak = np.full(count, -np.inf)
+        np.maximum.at(self.peak, flat, score.ravel())
         self.void = np.bincount(flat, weights=lab == 255, minlength=count)
         self.anomaly = np.bincount(flat, weights=lab == 1, minlength=count)
         n_obj, objects = cv2.connectedComponents((label == 1).astype(np.uint8), connectivity=8)
@@ -118,9 +126,10 @@ class FrameComponents:
                                     else (np.zeros((0, 2), int), np.zeros(0, int)))
         self.size = score.size
 
-    def counts(self, min_area: float, max_area_frac: float, min_mean: float, min_inside: float) -> ObstacleCounts:
+    def counts(self, min_area: float, max_area_frac: float, min_mean: float, min_inside: float,
+               min_peak: float = 0.0) -> ObstacleCounts:
         ok = (self.area >= min_area) & (self.area <= max_area_frac * self.size) & (self.mean >= min_mean) \
-            & (self.inside >= min_inside)
+            & (self.inside >= min_inside) & (self.peak >= min_peak)
         ok[0] = False
         c = ObstacleCounts(frames=1, objects=len(self.objects))
         listed = ok & (self.area >= 50)
@@ -128,23 +137,27 @@ class FrameComponents:
         real = listed & ~void & (self.anomaly >= 0.25 * (self.area - self.void))
         c.obstacles, c.void, c.real = int(listed.sum()), int(void.sum()), int(real.sum())
         c.false = c.obstacles - c.void - c.real
-        if len(self.objects):
+        if len(self.objects):                     # coverage by false obstacles finds nothing (metrics.obstacles)
             covered = np.zeros(int(self.objects.max()) + 1)
-            keep = ok[self.pairs[:, 0]]
+            is_void = self.void >= 0.9 * self.area
+            finds = ok & (is_void | (self.anomaly >= 0.25 * (self.area - self.void)))
+            keep = finds[self.pairs[:, 0]]
             np.add.at(covered, self.pairs[keep, 1], self.pair_px[keep])
             c.found = int((covered[self.objects] >= 0.25 * self.object_area).sum())
         return c
 
 
-def calibrate(frames_in: dict[str, list[dict]], score: str, base: PostprocessCfg, max_false: float,
-              downscale: int = 2) -> dict:
-    """Grid search of the component rules (module docstring), at 1/``downscale`` resolution (areas scaled)."""
-    thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
+def calibrate(frames_in: dict[str, list[dict]], score: str, base: PostprocessCfg, max_false: dict[str, float],
+              downscale: int = 1) -> dict:
+    """Grid search of the component rules (module docstring), at 1/``downscale`` resolution (areas scaled).
+    ``max_false``: false obstacles per frame allowed on each set."""
+    thresholds = [0.25, 0.3, 0.35, 0.4, 0.5, 0.6]
     gaps = [0, 4]
     min_areas = [100, 400, 1600]
     max_fracs = [0.02, 0.05, 1.0]
-    min_means = [0.0, 0.5, 0.6, 0.7]
+    min_means = [0.0, 0.4, 0.5, 0.6]
     min_insides = [0.0, 0.5, 0.9]
+    min_peaks = [0.0, 0.5, 0.6, 0.7]
     s2 = downscale * downscale
     frames = {}
     for name, items in frames_in.items():
@@ -160,20 +173,20 @@ def calibrate(frames_in: dict[str, list[dict]], score: str, base: PostprocessCfg
             frames[name].append({(t, g): FrameComponents(score_map, region, label, t, g // downscale)
                                  for t in thresholds for g in gaps})
     grid = []
-    for t, g, a, f, m, i in itertools.product(thresholds, gaps, min_areas, max_fracs, min_means, min_insides):
-        if m and m < t:
-            continue                                        # a mean below the threshold cannot filter anything
+    settings = [c for c in itertools.product(thresholds, gaps, min_areas, max_fracs, min_means, min_insides, min_peaks)
+                if not (c[4] and c[4] <= c[0]) and not (c[6] and c[6] <= c[0])]   # a rule at or below the
+    for t, g, a, f, m, i, pk in tqdm(settings, desc="rule grid"):                 # threshold filters nothing
         per_set = {}
         for name, fr in frames.items():
             total = ObstacleCounts()
             for comps in fr:
-                total = total + comps[(t, g)].counts(a / s2, f, m, i)
+                total = total + comps[(t, g)].counts(a / s2, f, m, i, pk)
             per_set[name] = total
         grid.append(({"threshold": t, "merge_gap_px": g, "min_area_px": a, "max_area_frac": f,
-                      "min_mean_score": m or None, "min_drivable_overlap": i}, per_set))
+                      "min_mean_score": m or None, "min_drivable_overlap": i, "min_peak_score": pk or None}, per_set))
 
     def choose(sets: list[str]):
-        feasible = [(p, c) for p, c in grid if all(c[s].false_per_frame <= max_false for s in sets)]
+        feasible = [(p, c) for p, c in grid if all(c[s].false_per_frame <= max_false[s] for s in sets)]
         if not feasible:
             return None
         return max(feasible, key=lambda pc: (np.mean([pc[1][s].found_share for s in sets]),
@@ -211,8 +224,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/obstacles"))
     parser.add_argument("--calibrate", action="store_true")
-    parser.add_argument("--max-false", type=float, default=1.5, help="false obstacles per frame allowed on every set")
+    parser.add_argument("--max-false", nargs="+", default=[f"{k}={v}" for k, v in MAX_FALSE.items()],
+                        help="false obstacles per frame allowed, SET=N per set or one N for all (default: the "
+                             "issue's targets, 4 on anomaly sets, 1.5 on road-obstacle sets)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--downscale", type=int, default=1,
+                        help="calibrate on maps downscaled by this factor (faster; 2 picked rules that lost 6-10 "
+                             "points of objects found at full resolution)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     score = args.score or default_score(args.model)
@@ -230,7 +248,9 @@ def main() -> None:
             "shipped component rules": evaluate(shipped, frames, score)}
     result["shipped"] = shipped.to_dict()
     if args.calibrate:
-        result["calibration"] = calibrate(frames, score, shipped, args.max_false)
+        caps = ({n: float(args.max_false[0]) for n in args.datasets} if len(args.max_false) == 1
+                and "=" not in args.max_false[0] else {k: float(v) for k, v in (x.split("=") for x in args.max_false)})
+        result["calibration"] = calibrate(frames, score, shipped, caps, args.downscale)
         chosen = result["calibration"]["chosen"]
         if chosen is not None:
             rows["calibrated (full resolution)"] = evaluate(replace(shipped, **chosen["params"]), frames, score)

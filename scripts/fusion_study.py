@@ -103,8 +103,9 @@ def table(results: list[dict]) -> str:
     for r in results:
         for name, s in r["sets"].items():
             lines.append(
-                f"| {r['model']} | {name} | {s['msp']['AuPRC']:.2f} / {s['msp']['FPR95']:.2f} | "
-                f"{s['best_single']['AuPRC']:.2f} / {s['best_single']['FPR95']:.2f} ({s['best_single']['score']}) | "
+                f"| {r['model']} | {name} | "
+                + (f"{s['msp']['AuPRC']:.2f} / {s['msp']['FPR95']:.2f} | " if s["msp"] else "– | ")
+                + f"{s['best_single']['AuPRC']:.2f} / {s['best_single']['FPR95']:.2f} ({s['best_single']['score']}) | "
                 f"{s['tuned']['AuPRC']:.2f} / {s['tuned']['FPR95']:.2f} ({_w(s['tuned']['weights'])}) | "
                 f"{s['lodo']['AuPRC']:.2f} / {s['lodo']['FPR95']:.2f} ({_w(s['lodo']['weights'])}) | "
                 f"{s['shipped']['AuPRC']:.2f} / {s['shipped']['FPR95']:.2f} |")

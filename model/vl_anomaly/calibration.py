@@ -162,7 +162,7 @@ def fit_logistic_fusion(samples: dict[str, tuple[np.ndarray, np.ndarray]], sourc
         loss.backward()
         return loss
 
-    loss = float(optimizer.step(closure))
+    loss = float(optimizer.step(closure).detach())
     c = coef.detach().numpy().astype(float)
     combiner = LogisticCombiner(float(bias.item()), {s: float(c[i]) for i, s in enumerate(sources)},
                                 {f"{sources[i]}*{sources[j]}": float(c[len(sources) + k]) for k, (i, j) in enumerate(pairs)})

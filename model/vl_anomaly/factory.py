@@ -237,13 +237,14 @@ def default_score(name: str) -> str:
 def default_postprocess(name: str, score: str | None = None) -> PostprocessCfg:
     """The post-processing a model ships (its config's ``postprocess`` section: threshold and component rules,
     calibrated for its default score). For another score the threshold is that score's documented default and
-    the score-valued rule ``min_mean_score`` is off; the geometric rules stay."""
+    the score-valued rules ``min_mean_score`` and ``min_peak_score`` are off; the geometric rules stay."""
     score = score or default_score(name)
     values = dict(get_model_config(name).get("postprocess") or {})
     if score != default_score(name) or "threshold" not in values:
         values["threshold"] = get_score(score).default_threshold
         if score != default_score(name):
             values.pop("min_mean_score", None)
+            values.pop("min_peak_score", None)
     return PostprocessCfg.from_dict(values)
 
 

@@ -6,8 +6,8 @@
 3. optionally close gaps of up to ``merge_gap_px`` so that fragments of one object become one component;
 4. each 8-connected component is decided as a whole (issue 13: the list a planner gets must stay quiet): it
    becomes an obstacle when it has at least ``min_area_px`` pixels, at most ``max_area_frac`` of the image,
-   a mean score of at least ``min_mean_score`` and, with ``min_drivable_overlap``, at least that share of its
-   pixels in the drivable region. Rejected components are removed from the mask too.
+   a mean score of at least ``min_mean_score``, a highest score of at least ``min_peak_score`` and, with
+   ``min_drivable_overlap``, at least that share of its pixels in the drivable region. Rejected components are removed from the mask too.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class PostprocessCfg:
             threshold do not make an obstacle.
         min_drivable_overlap: share of a component's pixels that must lie in the drivable region (0 = off;
             needs the semantic map).
+        min_peak_score: a component's highest score must reach this (None = off): a real obstacle has a confident
+            core, a class boundary or texture lit up at the threshold has none.
     """
 
     threshold: float = 0.5
@@ -49,6 +51,7 @@ class PostprocessCfg:
     max_area_frac: float = 1.0
     min_mean_score: float | None = None
     min_drivable_overlap: float = 0.0
+    min_peak_score: float | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.threshold):
@@ -65,6 +68,8 @@ class PostprocessCfg:
             raise ConfigError(f"max_area_frac must be in (0, 1], got {self.max_area_frac}")
         if self.min_mean_score is not None and not np.isfinite(self.min_mean_score):
             raise ConfigError(f"min_mean_score must be a finite number or None, got {self.min_mean_score}")
+        if self.min_peak_score is not None and not np.isfinite(self.min_peak_score):
+            raise ConfigError(f"min_peak_score must be a finite number or None, got {self.min_peak_score}")
         if not 0.0 <= self.min_drivable_overlap <= 1.0:
             raise ConfigError(f"min_drivable_overlap must be in [0, 1], got {self.min_drivable_overlap}")
 
@@ -148,7 +153,8 @@ def drivable_region(semantic: np.ndarray, classes: tuple[int, ...] = DRIVABLE_CL
 
 def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, max_area_px: int | None = None,
                    min_mean_score: float | None = None, region: np.ndarray | None = None,
-                   min_region_overlap: float = 0.0) -> tuple[np.ndarray, list[Obstacle]]:
+                   min_region_overlap: float = 0.0,
+                   min_peak_score: float | None = None) -> tuple[np.ndarray, list[Obstacle]]:
     """8-connected components of ``mask``, each kept or rejected as a whole.
 
     Args:
@@ -158,6 +164,7 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
         min_mean_score: lowest mean score of a kept component (None = no limit).
         region, min_region_overlap: ``(H, W)`` bool drivable region and the share of a component's pixels that
             must lie in it.
+        min_peak_score: lowest maximum score of a kept component (None = no limit).
     Returns:
         ``(kept (H, W) bool, obstacles)`` with obstacles sorted by decreasing area, ids 1..N.
     """
@@ -175,6 +182,11 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
         if region is not None and min_region_overlap > 0:
             inside = np.bincount(flat, weights=region.ravel(), minlength=count)
             ok &= inside >= min_region_overlap * areas
+    if count > 1 and min_peak_score is not None:
+        for i in np.flatnonzero(ok):                          # over the bounding box of the survivors only
+            x, y, w, h = (int(v) for v in stats[i, :4])
+            window = labels[y:y + h, x:x + w] == i
+            ok[i] = score_map[y:y + h, x:x + w][window].max() >= min_peak_score
     keep = sorted(np.flatnonzero(ok).tolist(), key=lambda i: (-int(areas[i]), i))
     kept = np.zeros(mask.shape, dtype=bool)
     obstacles: list[Obstacle] = []
@@ -213,5 +225,5 @@ def postprocess(score_map: np.ndarray, cfg: PostprocessCfg,
         candidates = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
     max_area = None if cfg.max_area_frac >= 1.0 else int(cfg.max_area_frac * score_map.size)
     kept, obstacles = find_obstacles(candidates, score_map, cfg.min_area_px, max_area, cfg.min_mean_score, region,
-                                     cfg.min_drivable_overlap)
+                                     cfg.min_drivable_overlap, cfg.min_peak_score)
     return kept, obstacles, region

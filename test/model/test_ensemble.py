@@ -158,7 +158,8 @@ def test_a_model_config_ships_its_default_score_and_obstacle_rules(tmp_path):
 
     (tmp_path / "shipped_rules_test.yaml").write_text(
         "family: espnetv2\nclasses: cityscapes\narch: {num_outputs: 20, scale: 1.0, decoder_base: 16}\n"
-        "score: entropy\npostprocess: {threshold: 0.62, min_mean_score: 0.7, max_area_frac: 0.05, min_area_px: 300}\n")
+        "score: entropy\npostprocess: {threshold: 0.62, min_mean_score: 0.7, min_peak_score: 0.8, max_area_frac: 0.05, "
+        "min_area_px: 300}\n")
     (tmp_path / "bad_rules_test.yaml").write_text(
         "family: espnetv2\nclasses: cityscapes\narch: {scale: 1.0}\nscore: msp\npostprocess: {treshold: 0.5}\n")
     add_model_config(tmp_path)
@@ -168,7 +169,9 @@ def test_a_model_config_ships_its_default_score_and_obstacle_rules(tmp_path):
     post = predictor.postprocess_cfg
     assert (post.threshold, post.min_mean_score, post.max_area_frac, post.min_area_px) == (0.62, 0.7, 0.05, 300)
     other = default_postprocess("shipped_rules_test", "msp")
+    assert post.min_peak_score == 0.8
     assert other.threshold == 0.5 and other.min_mean_score is None and other.max_area_frac == 0.05
+    assert other.min_peak_score is None
     assert create_predictor("shipped_rules_test", weights=None, threshold=0.8).postprocess_cfg.threshold == 0.8
     with pytest.raises(ConfigError, match="unknown post-processing settings"):
         create_predictor("bad_rules_test", weights=None)

@@ -80,8 +80,8 @@ def test_bad_parameters_rejected(kwargs):
 
 
 def test_component_rules_decide_whole_components():
-    """Each rule of the quiet obstacle list on a synthetic score map: mean score, largest area, drivable overlap,
-    and merging the fragments of one object."""
+    """Each rule of the quiet obstacle list on a synthetic score map: mean score, peak score, largest area,
+    drivable overlap, and merging the fragments of one object."""
     from vl_anomaly.postprocess import PostprocessCfg, postprocess
 
     score = np.zeros((100, 200), np.float32)
@@ -97,6 +97,12 @@ def test_component_rules_decide_whole_components():
     assert len(obstacles) == 5
     _, obstacles, _ = postprocess(score, PostprocessCfg(**base, min_mean_score=0.6))
     assert len(obstacles) == 4 and all(o.mean_score >= 0.6 for o in obstacles)           # A dropped
+    score[14, 14] = 0.8                   # A gets one confident pixel: a peak rule keeps it, a mean rule does not
+    _, obstacles, _ = postprocess(score, PostprocessCfg(**base, min_peak_score=0.85))
+    assert len(obstacles) == 4 and all(o.max_score >= 0.85 for o in obstacles)            # A dropped
+    _, obstacles, _ = postprocess(score, PostprocessCfg(**base, min_peak_score=0.75))
+    assert len(obstacles) == 5                                                             # A kept by its peak
+    score[14, 14] = 0.55
     _, obstacles, _ = postprocess(score, PostprocessCfg(**base, max_area_frac=0.1))
     assert all(o.area_px < 2000 for o in obstacles) and len(obstacles) == 4               # C dropped
     _, obstacles, _ = postprocess(score, PostprocessCfg(**base, merge_gap_px=2))
@@ -107,7 +113,7 @@ def test_component_rules_decide_whole_components():
     with pytest.raises(ConfigError, match="semantic"):
         postprocess(score, PostprocessCfg(**base, min_drivable_overlap=0.5))
     for bad in (dict(max_area_frac=0.0), dict(merge_gap_px=-1), dict(min_drivable_overlap=1.5),
-                dict(min_mean_score=float("nan"))):
+                dict(min_mean_score=float("nan")), dict(min_peak_score=float("inf"))):
         with pytest.raises(ConfigError):
             PostprocessCfg(**bad)
     with pytest.raises(ConfigError, match="unknown post-processing settings"):
@@ -115,7 +121,7 @@ def test_component_rules_decide_whole_components():
 
 
 def test_obstacle_list_metrics_on_a_synthetic_frame():
-    """Found (≥ 25 % covered), real (≥ 25 % of its non-void pixels anomalous), false, void (≥ 90 % void), and
+    """Found (≥ 25 % covered by obstacles that are not false), real (≥ 25 % of its non-void pixels anomalous), false, void (≥ 90 % void), and
     nothing under 50 px counts."""
     from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
 
@@ -135,3 +141,8 @@ def test_obstacle_list_metrics_on_a_synthetic_frame():
     assert (counts.obstacles, counts.real, counts.false, counts.void) == (4, 2, 1, 1)
     total = counts + ObstacleCounts(frames=1)
     assert total.false_per_frame == 0.5 and total.found_share == 0.5 and total.real_share == pytest.approx(2 / 3)
+    blob = np.zeros((100, 100), np.int32)
+    blob[40:100, 40:90] = 1                      # one false blob (400 of 3000 px anomalous) over object 2 …
+    blob[10:30, 10:16] = 2                       # … and a real obstacle on object 1
+    counts = obstacle_counts(blob, label)
+    assert (counts.false, counts.real, counts.found) == (1, 1, 1)     # the blob finds nothing

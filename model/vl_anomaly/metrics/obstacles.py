@@ -5,10 +5,13 @@ Per frame, with the label map (0 inlier, 1 anomaly/obstacle, 255 void) and the o
 post-processing published (``(H, W)`` int32, 0 = none, i = obstacle i):
 
 * **labelled objects**: 8-connected components of ``label == 1`` with ≥ ``min_area_px`` (50) pixels;
-* an object is **found** when ≥ ``found_coverage`` (25 %) of its pixels lie in published obstacles;
 * a published obstacle of ≥ ``min_area_px`` pixels is **void** (counted neither way) when ≥ ``void_share``
   (90 %) of its pixels are void; otherwise it is **real** when ≥ ``real_share`` (25 %) of its non-void pixels are
-  labelled anomaly, else **false**.
+  labelled anomaly, else **false**;
+* an object is **found** when ≥ ``found_coverage`` (25 %) of its pixels lie in published obstacles that are not
+  false. (Coverage by false obstacles does not count: otherwise one blob over half the scene — a single false
+  obstacle — would "find" every object under it, and a low threshold would look best. Figures measured before
+  2026-12-02 counted any coverage.)
 
 Over a set: false obstacles per frame, share of objects found, share of (non-void) obstacles that are real.
 """
@@ -65,7 +68,24 @@ def obstacle_counts(obstacle_labels: np.ndarray, label: np.ndarray, min_area_px:
     if obstacle_labels.shape != label.shape:
         raise ValueError(f"obstacle map {obstacle_labels.shape} and label {label.shape} differ in size")
     counts = ObstacleCounts(frames=1)
-    covered = obstacle_labels > 0
+    ids = obstacle_labels.ravel()
+    sizes = np.bincount(ids, minlength=1)
+    void = np.bincount(ids, weights=(label.ravel() == 255), minlength=sizes.size)
+    anomaly = np.bincount(ids, weights=(label.ravel() == 1), minlength=sizes.size)
+    not_false = np.zeros(sizes.size, dtype=bool)          # obstacles whose coverage finds objects
+    for i in np.flatnonzero(sizes):
+        if i == 0:
+            continue
+        is_void = void[i] >= void_share * sizes[i]
+        is_real = not is_void and anomaly[i] >= real_share * (sizes[i] - void[i])
+        not_false[i] = is_void or is_real
+        if sizes[i] < min_area_px:
+            continue
+        counts.obstacles += 1
+        counts.void += int(is_void)
+        counts.real += int(is_real)
+        counts.false += int(not is_void and not is_real)
+    covered = not_false[obstacle_labels]
     n, objects, stats, _ = cv2.connectedComponentsWithStats((label == 1).astype(np.uint8), connectivity=8)
     for i in range(1, n):
         area = int(stats[i, cv2.CC_STAT_AREA])
@@ -75,20 +95,6 @@ def obstacle_counts(obstacle_labels: np.ndarray, label: np.ndarray, min_area_px:
         x, y, w, h = (int(v) for v in stats[i, :4])
         inside = objects[y:y + h, x:x + w] == i
         counts.found += int(covered[y:y + h, x:x + w][inside].sum() >= found_coverage * area)
-    ids = obstacle_labels.ravel()
-    sizes = np.bincount(ids, minlength=1)
-    void = np.bincount(ids, weights=(label.ravel() == 255), minlength=sizes.size)
-    anomaly = np.bincount(ids, weights=(label.ravel() == 1), minlength=sizes.size)
-    for i in np.flatnonzero(sizes):
-        if i == 0 or sizes[i] < min_area_px:
-            continue
-        counts.obstacles += 1
-        if void[i] >= void_share * sizes[i]:
-            counts.void += 1
-        elif anomaly[i] >= real_share * (sizes[i] - void[i]):
-            counts.real += 1
-        else:
-            counts.false += 1
     return counts
 
 
