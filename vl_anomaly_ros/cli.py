@@ -73,13 +73,13 @@ def _node_params(args: argparse.Namespace) -> dict:
     return params
 
 
-def _add_node_arguments(p: argparse.ArgumentParser) -> None:
+def _add_node_arguments(p: argparse.ArgumentParser, model: str | None = None) -> None:
     import os
 
     from vl_anomaly.defaults import DEFAULT_MODEL
     from vl_anomaly.deploy import BACKENDS
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help="node parameter model")
+    p.add_argument("--model", default=model or DEFAULT_MODEL, help="node parameter model")
     p.add_argument("--score", default="default", help="node parameter score ('default' = the model's default score)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="network input size (node parameters input_height, input_width)")
@@ -223,11 +223,13 @@ def _ros_demo(args: argparse.Namespace) -> int:
 
 
 def register_ros_demo(sub) -> None:
+    from vl_anomaly.defaults import DEMO_MODEL
+
     p = sub.add_parser("ros-demo", help="the product end to end: dataset → bag → node → bag → metrics, overlays")
     p.add_argument("--dataset", default="road_anomaly_21", metavar="NAME[=PATH]")
     p.add_argument("-o", "--output", default="outputs/ros_demo", help="output folder (replaced)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--rate", type=float, default=2.0, help="bag frame rate, Hz")
     p.add_argument("--pace", choices=["flow", "recorded"], default="flow")
-    _add_node_arguments(p)
+    _add_node_arguments(p, model=DEMO_MODEL)
     p.set_defaults(func=_ros_demo)

@@ -223,3 +223,21 @@ def test_fastdds_profile_and_rviz_config():
 def test_score_map_stays_finite_for_rviz(espnetv2_predictor, road_obstacle_image):
     pred = espnetv2_predictor.predict(road_obstacle_image[::4, ::4].copy())
     assert np.isfinite(pred.score_map).all() and pred.score_map.dtype == np.float32
+
+
+def test_main_job_runs_the_demo_model():
+    """The README's main job (`ros-demo`) shows the best real-weight model; replay and the node keep the fast
+    default unless told."""
+    import argparse
+
+    from vl_anomaly.defaults import DEFAULT_MODEL, DEMO_MODEL
+    from vl_anomaly.registry import list_models
+    from vl_anomaly_ros.cli import register_replay, register_ros_demo
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    register_ros_demo(sub)
+    register_replay(sub)
+    assert parser.parse_args(["ros-demo"]).model == DEMO_MODEL != DEFAULT_MODEL
+    assert DEMO_MODEL in list_models()
+    assert parser.parse_args(["replay", "in_bag", "-o", "out_bag"]).model == DEFAULT_MODEL
