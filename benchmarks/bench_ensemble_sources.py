@@ -55,6 +55,9 @@ VARIANTS = {
     # round 1 (RoadAnomaly21 + RoadObstacle21 only): ESPNet and pairs
     "v2_all+espnet": ["v2s2", "v2s15", "v2s1", "espnet"], "all5": ["v2s2", "v2s15", "v2s1", "dice", "espnet"],
     "v2s2+dice": ["v2s2", "dice"],
+    # fewer members for speed (issue 13 item 6: only two members stay within 2.5x single ESPNetv2)
+    "v2s2+v2s15+dice": ["v2s2", "v2s15", "dice"], "v2s2+v2s1+dice": ["v2s2", "v2s1", "dice"],
+    "v2s15+v2s1+dice": ["v2s15", "v2s1", "dice"],
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if "espnet" not in VARIANTS[v] and v != "v2s2+dice"]
 SINGLE_SOURCES = ["msp", "max_logit"]
