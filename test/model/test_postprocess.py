@@ -146,3 +146,5 @@ def test_obstacle_list_metrics_on_a_synthetic_frame():
     blob[10:30, 10:16] = 2                       # … and a real obstacle on object 1
     counts = obstacle_counts(blob, label)
     assert (counts.false, counts.real, counts.found) == (1, 1, 1)     # the blob finds nothing
+    assert counts.false_px == 3000 and counts.pixels == 10_000      # a planner must avoid all of a false obstacle
+    assert counts.false_area_share == pytest.approx(0.30)

@@ -13,7 +13,10 @@ post-processing published (``(H, W)`` int32, 0 = none, i = obstacle i):
   obstacle — would "find" every object under it, and a low threshold would look best. Figures measured before
   2026-12-02 counted any coverage.)
 
-Over a set: false obstacles per frame, share of objects found, share of (non-void) obstacles that are real.
+Over a set: false obstacles per frame, share of objects found, share of (non-void) obstacles that are real, and
+the **false area**: the share of the image covered by false obstacles, averaged over frames. A count alone hides
+the worst failure a planner meets — one "obstacle" over most of the scene when the model is out of its domain
+counts as one false obstacle but blocks every path.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class ObstacleCounts:
     real: int = 0
     false: int = 0
     void: int = 0
+    false_px: int = 0
+    pixels: int = 0
 
     def __add__(self, other: "ObstacleCounts") -> "ObstacleCounts":
         return ObstacleCounts(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
@@ -48,13 +53,18 @@ class ObstacleCounts:
         return self.found / self.objects if self.objects else float("nan")
 
     @property
+    def false_area_share(self) -> float:
+        """Share of the image covered by false obstacles, over all frames (pixels of false obstacles / pixels)."""
+        return self.false_px / self.pixels if self.pixels else float("nan")
+
+    @property
     def real_share(self) -> float:
         counted = self.real + self.false
         return self.real / counted if counted else float("nan")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "false_per_frame": self.false_per_frame, "found_share": self.found_share,
-                "real_share": self.real_share}
+                "real_share": self.real_share, "false_area_share": self.false_area_share}
 
 
 def obstacle_counts(obstacle_labels: np.ndarray, label: np.ndarray, min_area_px: int = 50,
@@ -67,7 +77,7 @@ def obstacle_counts(obstacle_labels: np.ndarray, label: np.ndarray, min_area_px:
     """
     if obstacle_labels.shape != label.shape:
         raise ValueError(f"obstacle map {obstacle_labels.shape} and label {label.shape} differ in size")
-    counts = ObstacleCounts(frames=1)
+    counts = ObstacleCounts(frames=1, pixels=int(label.size))
     ids = obstacle_labels.ravel()
     sizes = np.bincount(ids, minlength=1)
     void = np.bincount(ids, weights=(label.ravel() == 255), minlength=sizes.size)
@@ -85,6 +95,7 @@ def obstacle_counts(obstacle_labels: np.ndarray, label: np.ndarray, min_area_px:
         counts.void += int(is_void)
         counts.real += int(is_real)
         counts.false += int(not is_void and not is_real)
+        counts.false_px += int(sizes[i]) if not is_void and not is_real else 0
     covered = not_false[obstacle_labels]
     n, objects, stats, _ = cv2.connectedComponentsWithStats((label == 1).astype(np.uint8), connectivity=8)
     for i in range(1, n):
