@@ -7,7 +7,8 @@
 4. each 8-connected component is decided as a whole (issue 13: the list a planner gets must stay quiet): it
    becomes an obstacle when it has at least ``min_area_px`` pixels, at most ``max_area_frac`` of the image,
    a mean score of at least ``min_mean_score``, a highest score of at least ``min_peak_score`` and, with
-   ``min_drivable_overlap``, at least that share of its pixels in the drivable region. Rejected components are removed from the mask too.
+   ``min_drivable_overlap``, at least that share of its pixels in the drivable region. Rejected components are
+   removed from the mask too.
 """
 
 from __future__ import annotations
