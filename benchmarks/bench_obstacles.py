@@ -117,6 +117,9 @@ class FrameComponents:
         np.maximum.at(self.peak, flat, score.ravel())
         self.void = np.bincount(flat, weights=lab == 255, minlength=count)
         self.anomaly = np.bincount(flat, weights=lab == 1, minlength=count)
+        # what each component is, whatever the rules (metrics.obstacles): void, real, else false
+        self.is_void = self.void >= 0.9 * self.area
+        self.is_real = ~self.is_void & (self.anomaly >= 0.25 * (self.area - self.void))
         n_obj, objects = cv2.connectedComponents((label == 1).astype(np.uint8), connectivity=8)
         obj_area = np.bincount(objects.ravel(), minlength=n_obj)
         self.objects = np.flatnonzero(obj_area >= 50)
@@ -136,16 +139,12 @@ class FrameComponents:
         ok[0] = False
         c = ObstacleCounts(frames=1, objects=len(self.objects), pixels=self.size)
         listed = ok & (self.area >= 50)
-        void = listed & (self.void >= 0.9 * self.area)
-        real = listed & ~void & (self.anomaly >= 0.25 * (self.area - self.void))
-        c.obstacles, c.void, c.real = int(listed.sum()), int(void.sum()), int(real.sum())
-        c.false = c.obstacles - c.void - c.real
-        c.false_px = int(self.area[listed & ~void & ~real].sum())
+        false = listed & ~self.is_void & ~self.is_real
+        c.obstacles, c.void, c.real = int(listed.sum()), int((listed & self.is_void).sum()), int((listed & self.is_real).sum())
+        c.false, c.false_px = int(false.sum()), int(self.area[false].sum())
         if len(self.objects):                     # coverage by false obstacles finds nothing (metrics.obstacles)
             covered = np.zeros(int(self.objects.max()) + 1)
-            is_void = self.void >= 0.9 * self.area
-            finds = ok & (is_void | (self.anomaly >= 0.25 * (self.area - self.void)))
-            keep = finds[self.pairs[:, 0]]
+            keep = (ok & (self.is_void | self.is_real))[self.pairs[:, 0]]
             np.add.at(covered, self.pairs[keep, 1], self.pair_px[keep])
             c.found = int((covered[self.objects] >= 0.25 * self.object_area).sum())
         return c
