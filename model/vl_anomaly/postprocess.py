@@ -183,12 +183,15 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
         if region is not None and min_region_overlap > 0:
             inside = np.bincount(flat, weights=region.ravel(), minlength=count)
             ok &= inside >= min_region_overlap * areas
-    if count > 1 and min_peak_score is not None:
-        for i in np.flatnonzero(ok):                          # over the bounding box of the survivors only
-            x, y, w, h = (int(v) for v in stats[i, :4])
-            window = labels[y:y + h, x:x + w] == i
-            ok[i] = score_map[y:y + h, x:x + w][window].max() >= min_peak_score
-    keep = sorted(np.flatnonzero(ok).tolist(), key=lambda i: (-int(areas[i]), i))
+
+    def values_of(i: int) -> np.ndarray:                      # scores of component i, over its bounding box only
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        return score_map[y:y + h, x:x + w][labels[y:y + h, x:x + w] == i]
+
+    survivors = {int(i): values_of(i) for i in np.flatnonzero(ok)}
+    if min_peak_score is not None:
+        survivors = {i: v for i, v in survivors.items() if v.max() >= min_peak_score}
+    keep = sorted(survivors, key=lambda i: (-int(areas[i]), i))
     kept = np.zeros(mask.shape, dtype=bool)
     obstacles: list[Obstacle] = []
     if keep:
@@ -197,8 +200,7 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
         kept = lut[labels]
         for new_id, i in enumerate(keep, start=1):
             x, y, w, h, area = (int(v) for v in stats[i, :5])
-            window = labels[y:y + h, x:x + w] == i            # statistics over the bounding box only
-            values = score_map[y:y + h, x:x + w][window]
+            values = survivors[i]
             obstacles.append(Obstacle(id=new_id, bbox=(x, y, w, h), area_px=area,
                                       centroid=(float(centroids[i, 0]), float(centroids[i, 1])),
                                       mean_score=float(values.mean(dtype=np.float64)),
