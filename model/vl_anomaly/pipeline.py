@@ -99,7 +99,7 @@ class AnomalyPredictor:
             maps = {name: context.map(name) for name in names}
         except VLAnomalyError as exc:
             raise VLAnomalyError(f"model {self.name!r}: {exc}") from exc
-        semantic = context.base.logits.argmax(dim=1, keepdim=True).to(torch.uint8)       # (1, 1, h, w)
+        semantic = context.semantic()[:, None].to(torch.uint8)                           # (1, 1, h, w)
         semantic = F.interpolate(semantic, size=(height, width), mode="nearest")[0, 0].cpu().numpy()
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}

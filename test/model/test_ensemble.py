@@ -13,7 +13,8 @@ from vl_anomaly import ConfigError, add_model_config, create_model, create_predi
 from vl_anomaly.factory import get_preprocess_cfg
 from vl_anomaly.networks.ensemble import input_divisor
 from vl_anomaly.preprocess import preprocess
-from vl_anomaly.scores import boundary_suppressed, check_score_fits, compute_score, mutual_information, ScoringCfg
+from vl_anomaly.scores import (ScoreContext, ScoringCfg, boundary_suppressed, check_score_fits, compute_score, entropy, msp,
+                               mutual_information)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,38 @@ def test_ensemble_sources_and_what_needs_an_ensemble(lite_ensemble):
     with pytest.raises(ConfigError, match="needs an ensemble"):
         check_score_fits("mutual_information", single, ScoringCfg())
     check_score_fits("mutual_information", lite_ensemble, ScoringCfg())
+
+
+def test_shared_intermediates_give_the_reference_formulas(lite_ensemble):
+    """The registry's scores share log p, the class map and the entropies through one ScoreContext; each must
+    still equal its reference function over the raw logits (ensemble and single network), and the ensemble's
+    logits the log-sum-exp definition of log mean probabilities."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = lite_ensemble(torch.rand(1, 3, 64, 128) * 255)
+
+        def log_mean_probs(stacked: torch.Tensor) -> torch.Tensor:
+            return torch.logsumexp(stacked.log_softmax(dim=2), dim=1) - math.log(stacked.shape[1])
+
+        assert torch.allclose(out.logits.exp(), log_mean_probs(out.member_logits).exp(), atol=1e-6)
+        out.member_logits.mul_(8.0)                                            # confident members that disagree
+        out.logits = log_mean_probs(out.member_logits)
+        single = create_model("espnetv2_s1.0_cityscapes", weights=None)(torch.rand(1, 3, 64, 128))
+    for output in (out, single):
+        ctx = ScoreContext(output=output)
+        assert torch.allclose(get_fn("msp")(ctx), msp(output.logits), atol=1e-6)
+        assert torch.allclose(get_fn("entropy")(ctx), entropy(output.logits), atol=1e-5)
+        assert torch.equal(ctx.semantic(), output.logits.argmax(dim=1))
+        assert torch.allclose(get_fn("msp_boundary")(ctx), boundary_suppressed(msp(output.logits), output.logits),
+                              atol=1e-6)
+    mi = get_fn("mutual_information")(ScoreContext(output=out))
+    assert mi.max() > 0.05                                                      # the case is not trivial
+    assert torch.allclose(mi, mutual_information(out.member_logits), atol=1e-5)
+
+
+def get_fn(name: str):
+    from vl_anomaly.scores import get_score
+    return get_score(name).fn
 
 
 def test_boundary_suppression_keeps_small_objects():
