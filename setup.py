@@ -25,7 +25,6 @@ setup(
     license="Apache-2.0",
     entry_points={"console_scripts": [
         "anomaly_node = vl_anomaly_ros.node_main:main",
-        "vl_anomaly_launch = vl_anomaly_ros.launch_runner:main",
     ], "vl_anomaly.commands": [
         "make-bag = vl_anomaly_ros.cli:register_make_bag",
         "replay = vl_anomaly_ros.cli:register_replay",

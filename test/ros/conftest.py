@@ -48,3 +48,5 @@ def _no_node_left_running():
     for process in STARTED:
         if process.alive():
             process.stop()
+        if hasattr(process, "kill_leftovers"):
+            process.kill_leftovers()

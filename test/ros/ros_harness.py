@@ -11,6 +11,7 @@ import collections
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -159,7 +160,73 @@ class NodeProcess:
         return self.proc.returncode
 
 
-#: Node processes started by the harness, for failure reports and clean-up (conftest.py).
+class LaunchProcess(NodeProcess):
+    """``ros2 launch vl_anomaly_ros vl_anomaly.launch.xml ARG:=VALUE ...`` with the real Jazzy launch system (the
+    shared launch wheels the README's set-up installs), logged and cleaned up like :class:`NodeProcess`.
+
+    The processes launch starts are recorded while it runs (:meth:`record_children`), so a test can check that
+    none outlives it (:meth:`leftovers`).
+    """
+
+    def __init__(self, name: str, launch_args: dict, log_dir: Path | None = None) -> None:
+        self.name = name
+        self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{name}.launch.log"
+        cmd = [str(Path(sys.prefix) / "bin" / "ros2"), "launch", "vl_anomaly_ros", "vl_anomaly.launch.xml",
+               *(f"{key}:={value}" for key, value in launch_args.items())]
+        env = {k: v for k, v in os.environ.items() if k != "ROS_PYTHON_CHECK_FIELDS"}   # the node as deployed
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir())
+        self.children: dict[int, float] = {}                 # pid → create time (pids are reused)
+        self.commands: set[str] = set()                      # command lines of every child seen
+        self.stop_report = ""
+        self.started_at, self.stopped_at = time.time(), None
+        STARTED.append(self)
+
+    def record_children(self) -> list[str]:
+        """Note every process below launch now; returns their command lines."""
+        import psutil
+
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        lines = []
+        for child in children:
+            try:
+                self.children[child.pid] = child.create_time()
+                lines.append(" ".join(child.cmdline()))
+            except psutil.NoSuchProcess:
+                pass
+        self.commands.update(lines)
+        return lines
+
+    def leftovers(self) -> list[str]:
+        """Recorded children still running (not zombies) after launch has exited."""
+        import psutil
+
+        left = []
+        for pid, created in self.children.items():
+            try:
+                process = psutil.Process(pid)
+                if process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{pid}: {' '.join(process.cmdline())}")
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    def kill_leftovers(self) -> None:
+        import psutil
+
+        for pid, created in self.children.items():
+            try:
+                process = psutil.Process(pid)
+                if process.create_time() == created:
+                    process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+#: Node and launch processes started by the harness, for failure reports and clean-up (conftest.py).
 STARTED: list[NodeProcess] = []
 
 

@@ -37,12 +37,20 @@ def test_colcon_builds_both_packages(tmp_path):
     msgs = install / "vl_anomaly_msgs"
     assert list(msgs.glob("lib/python3*/site-packages/vl_anomaly_msgs/msg/_obstacle_array.py"))
     assert list(msgs.glob("lib/libvl_anomaly_msgs__rosidl_typesupport_fastrtps_c.so"))
-    # ros2 launch resolution against the workspace: the executable and files come from the colcon install.
+    # What ros2 launch resolves against the workspace (as after sourcing install/setup.bash): the package prefix,
+    # the executable <node pkg exec> runs and the launch file's share directory all come from the colcon install.
     launch_env = {**env, "AMENT_PREFIX_PATH": os.pathsep.join([str(install / "vl_anomaly_ros"), str(msgs),
                                                                str(prefix)])}
-    printed = subprocess.run([sys.executable, "-m", "vl_anomaly_ros.launch_runner", "vl_anomaly_ros",
-                              "vl_anomaly.launch.xml", "--print"], cwd=REPO_ROOT, env=launch_env,
-                             capture_output=True, text=True)
-    assert printed.returncode == 0, printed.stderr
-    assert str(install / "vl_anomaly_ros" / "lib" / "vl_anomaly_ros" / "anomaly_node") in printed.stdout
-    assert str(node_share / "config" / "vl_anomaly.yaml") in printed.stdout
+    ros2 = str(prefix / "bin" / "ros2")
+    found = subprocess.run([ros2, "pkg", "prefix", "vl_anomaly_ros"], env=launch_env, capture_output=True, text=True)
+    assert found.returncode == 0 and Path(found.stdout.strip()) == install / "vl_anomaly_ros", found.stderr
+    listed = subprocess.run([ros2, "pkg", "executables", "--full-path", "vl_anomaly_ros"], env=launch_env,
+                            capture_output=True, text=True)
+    assert str(install / "vl_anomaly_ros" / "lib" / "vl_anomaly_ros" / "anomaly_node") in listed.stdout.split(), \
+        listed.stdout + listed.stderr
+    shown = subprocess.run([ros2, "launch", "vl_anomaly_ros", "vl_anomaly.launch.xml", "--show-args"],
+                           env=launch_env, capture_output=True, text=True)
+    assert shown.returncode == 0 and "'params_file':" in shown.stdout, shown.stderr
+    share = subprocess.run([ros2, "pkg", "prefix", "--share", "vl_anomaly_ros"], env=launch_env, capture_output=True,
+                           text=True)
+    assert Path(share.stdout.strip()) == node_share, share.stderr           # $(find-pkg-share vl_anomaly_ros)

@@ -1,5 +1,5 @@
 """The node over real ROS 2 transport: real road images in (node in its own process, as on a vehicle), outputs
-checked against ``vl-anomaly predict``; bad-input corpus; overload; parameters; lifecycle; the launch runner."""
+checked against ``vl-anomaly predict``; bad-input corpus; overload; parameters; lifecycle; the launch file under real ``ros2 launch``."""
 
 from __future__ import annotations
 
@@ -356,9 +356,14 @@ def test_corrupt_weights_fail_configure_with_the_reason(ros_log_dir, tmp_path):
     assert "configure failed" in log and "corrupt.pth" in log
 
 
-def test_launch_file_through_the_runner(probe, tmp_path, images):
-    """config/ YAML + launch/ XML, run as ``vl_anomaly_launch`` does where ``ros2 launch`` is absent."""
+def test_launch_file_under_real_ros2_launch(probe, ros_log_dir, tmp_path, images):
+    """``ros2 launch vl_anomaly_ros vl_anomaly.launch.xml`` (real Jazzy launch, config/ YAML + per-argument
+    overrides + remaps): the node becomes active, a frame in gives a score out, SIGINT ends launch with 0 and
+    leaves no process behind."""
     import yaml
+    from lifecycle_msgs.srv import GetState
+
+    from ros_harness import LaunchProcess
 
     params = yaml.safe_load((REPO_ROOT / "config" / "vl_anomaly.yaml").read_text())
     params["/**"]["ros__parameters"].update(NODE_TEST_PARAMS)
@@ -366,21 +371,26 @@ def test_launch_file_through_the_runner(probe, tmp_path, images):
     params_file.write_text(yaml.safe_dump(params))
     name = "vl_anomaly_launched"
     probe.subscribe(Image, f"/{name}/anomaly_score", 10)
-    log_path = tmp_path / "launch.log"
-    with open(log_path, "w") as log:
-        runner = subprocess.Popen([sys.executable, "-m", "vl_anomaly_ros.launch_runner", "vl_anomaly_ros",
-                                   "vl_anomaly.launch.xml", f"node_name:={name}", "image:=/launched/image_raw",
-                                   f"params_file:={params_file}"], cwd=REPO_ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT)
+    launch = LaunchProcess(name, {"node_name": name, "image": "/launched/image_raw", "params_file": params_file,
+                                  "score": "msp"}, ros_log_dir)
     try:
         probe.wait_diagnostics(name, lambda v: v["message"].startswith("no input"), 90.0)
+        commands = launch.record_children()
+        assert any(f"__node:={name}" in c and "lib/vl_anomaly_ros/anomaly_node" in c for c in commands), commands
+        get = probe.node.create_client(GetState, f"/{name}/get_state")
+        assert get.wait_for_service(10.0)
+        future = get.call_async(GetState.Request())
+        assert probe.wait_for(lambda: future.done(), 30.0)
+        assert future.result().current_state.label == "active"
         pub = probe.publisher(Image, "/launched/image_raw", qos_profile_sensor_data)     # a camera's QoS
         time.sleep(1.0)
         pub.publish(_stamped(array_to_image_msg(read_image(images["0"]), "bgr8"), 9000))
-        assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 60.0), log_path.read_text()
+        assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 60.0), launch.log()
     finally:
-        runner.send_signal(signal.SIGINT)
-        code = runner.wait(30)
-    text = log_path.read_text()
-    assert code == 0, text
-    assert f"starting {name}" in text and "exited with 0" in text
+        code = launch.stop(timeout=30.0)
+    log = launch.log()
+    assert code == 0, log
+    assert "process started with pid" in log and "process has finished cleanly" in log, log
+    assert "score msp, threshold 0.5, device cpu, network input [256, 512]" in log, log   # arg + params_file
+    assert "subscribed /launched/image_raw" in log, log                                    # remap
+    assert launch.leftovers() == [], log
