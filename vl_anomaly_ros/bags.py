@@ -3,8 +3,10 @@
 * :func:`write_dataset_bag` turns a labelled dataset into an **mcap** bag (rosbag2 format version 9, what
   Jazzy's ``ros2 bag`` reads): camera images, ``camera_info``, the ground-truth mask on its own topic and the
   frame's dataset name, all with the same header stamp per frame.
-* :class:`BagFile` opens any rosbag2 bag (mcap or sqlite3), finds topics by type and iterates messages; a
-  truncated or corrupt bag raises :class:`BagError` naming the file and what could still be read.
+* :class:`BagFile` opens any rosbag2 bag (mcap or sqlite3), finds topics by type and iterates messages (types the
+  bag defines and our type store lacks are learnt from the bag); a truncated or corrupt bag raises
+  :class:`BagError` naming the file and what could still be read, and :func:`scan_mcap` recovers the intact part
+  of a truncated mcap file with the official ``mcap`` library's stream reader.
 
 Topic conventions of the bags we write (all overridable):
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -140,87 +142,75 @@ def write_dataset_bag(dataset, out: Path, rate_hz: float = 10.0, image_topic: st
     return BagSummary(out, count, topics, (count - 1) / rate_hz if count else 0.0)
 
 
-_MCAP_MAGIC = b"\x89MCAP0\r\n"
+class _ExactReads:
+    """A binary file whose ``read(n)`` returns exactly ``n`` bytes or raises ``mcap.exceptions.EndOfFile``.
 
-
-def scan_mcap(path: Path) -> tuple[list[tuple[str, str, int, bytes]], int, str]:
-    """Linear scan of a (possibly truncated) mcap file without its summary section.
-
-    Returns ``(messages, bytes_used, stop_reason)``: every complete message record up to the first incomplete
-    or unreadable record, as ``(topic, message type, log time ns, CDR bytes)``. Reads top-level records and the
-    records inside uncompressed chunks (what rosbags and rosbag2 write by default); compressed chunks stop the
-    scan. MCAP record layout: opcode u8, length u64, content (https://mcap.dev/spec).
+    The official reader's stream raises only when a read returns nothing: a record cut off in the middle would be
+    returned short and parsed as complete (a truncated image accepted as a frame). With this wrapper a cut-off
+    record ends the scan instead.
     """
-    import struct
 
-    data = Path(path).read_bytes()
-    if not data.startswith(_MCAP_MAGIC):
-        return [], 0, "no MCAP magic at the start of the file"
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def read(self, n: int = -1) -> bytes:
+        from mcap.exceptions import EndOfFile
+
+        data = self._file.read(n)
+        if n is not None and n >= 0 and len(data) < n:
+            raise EndOfFile(f"record cut off: {len(data)} of {n} bytes left in the file")
+        return data
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+class McapScan(NamedTuple):
+    """What :func:`scan_mcap` could read."""
+
+    messages: list[tuple[str, str, int, bytes]]      #: (topic, message type, log time ns, CDR bytes)
+    bytes_used: int                                   #: end of the last complete top-level record
+    stop_reason: str                                  #: "footer" for a complete file
+    definitions: dict[str, str]                       #: message type → its ros2msg schema text, as stored
+
+
+def scan_mcap(path: Path) -> McapScan:
+    """Sequential read of a (possibly truncated) mcap file with the official ``mcap`` library's stream reader,
+    which needs no summary section (a truncated file has none).
+
+    Returns every complete message record up to the first incomplete or unreadable record, as ``(topic, message
+    type, log time ns, CDR bytes)``, and the message definitions stored in the file (:class:`McapScan`). Chunks are read whole (compressed
+    ones too: zstd and lz4) and their CRCs checked, so a cut-off or damaged chunk contributes nothing.
+    ``bytes_used`` is the end of the last complete top-level record.
+    """
+    from mcap.records import Channel, Footer, Message, Schema
+    from mcap.stream_reader import StreamReader
+
     schemas: dict[int, str] = {}
+    definitions: dict[str, str] = {}
     channels: dict[int, tuple[str, str]] = {}
     messages: list[tuple[str, str, int, bytes]] = []
-
-    def string(buf: bytes, at: int) -> tuple[str, int]:
-        (n,) = struct.unpack_from("<I", buf, at)
-        return buf[at + 4: at + 4 + n].decode(), at + 4 + n
-
-    def records(buf: bytes, start: int, end: int):
-        at = start
-        while at + 9 <= end:
-            opcode = buf[at]
-            (length,) = struct.unpack_from("<Q", buf, at + 1)
-            if at + 9 + length > end:
-                return at, f"record at byte {at} is cut off ({end - at - 9} of {length} bytes)"
-            yield opcode, at + 9, at + 9 + length
-            at += 9 + length
-        return at, "end of data" if at == end else f"{end - at} trailing bytes at {at}"
-
-    def handle(opcode: int, a: int, b: int) -> str | None:
-        if opcode == 0x03:                                                   # Schema
-            (sid,) = struct.unpack_from("<H", data, a)
-            schemas[sid], _ = string(data, a + 2)
-        elif opcode == 0x04:                                                 # Channel
-            cid, sid = struct.unpack_from("<HH", data, a)
-            topic, _ = string(data, a + 4)
-            channels[cid] = (topic, schemas.get(sid, ""))
-        elif opcode == 0x05:                                                 # Message
-            cid, _, log_time, _ = struct.unpack_from("<HIQQ", data, a)
-            if cid in channels:
-                topic, msgtype = channels[cid]
-                messages.append((topic, msgtype, log_time, data[a + 22: b]))
-        elif opcode == 0x06:                                                 # Chunk
-            at = a + 8 + 8 + 8 + 4
-            compression, at = string(data, at)
-            (size,) = struct.unpack_from("<Q", data, at)
-            if compression:
-                return f"compressed chunk ({compression}) at byte {a - 9}"
-            inner = records(data, at + 8, at + 8 + size)
-            try:
-                while True:
-                    reason = handle(*next(inner))
-                    if reason:
-                        return reason
-            except StopIteration:
-                pass
-        elif opcode == 0x02:                                                 # Footer: the file is complete
-            return "footer"
-        return None
-
-    walker = records(data, len(_MCAP_MAGIC), len(data))
-    used, stop = len(_MCAP_MAGIC), "end of data"
-    try:
-        while True:
-            opcode, a, b = next(walker)
-            reason = handle(opcode, a, b)
-            used = b
-            if reason:
-                stop = reason
-                break
-    except StopIteration as end:
-        used, stop = end.value if end.value else (used, stop)
-    except struct.error as exc:
-        stop = f"unreadable record after byte {used} ({exc})"
-    return messages, used, stop
+    with open(path, "rb") as file:
+        stream = _ExactReads(file)
+        used, stop = 0, "end of data"
+        try:
+            for record in StreamReader(stream, validate_crcs=True).records:
+                if isinstance(record, Schema):
+                    schemas[record.id] = record.name
+                    if record.encoding == "ros2msg":
+                        definitions[record.name] = bytes(record.data).decode(errors="replace")
+                elif isinstance(record, Channel):
+                    channels[record.id] = (record.topic, schemas.get(record.schema_id, ""))
+                elif isinstance(record, Message) and record.channel_id in channels:
+                    topic, msgtype = channels[record.channel_id]
+                    messages.append((topic, msgtype, record.log_time, bytes(record.data)))
+                elif isinstance(record, Footer):
+                    stop = "footer"
+                used = stream.tell()
+        except Exception as exc:                                   # noqa: BLE001 — EndOfFile, CRC, struct errors
+            reason = str(exc) or type(exc).__name__
+            stop = f"{reason} after byte {used}" if used else f"not an mcap file ({reason})"
+    return McapScan(messages, used, stop, definitions)
 
 
 def _topic_counts(messages) -> dict[str, int]:
@@ -251,7 +241,7 @@ class BagFile:
             if found is None:
                 raise BagError(f"cannot open bag {self.path}: {type(exc).__name__}: {exc} (nothing could be "
                                "read; a rosbag2 bag is a folder with metadata.yaml and .mcap or .db3 files)") from exc
-            messages, used, stop, file = found
+            (messages, used, stop, definitions), file = found
             if not recover:
                 counts = ", ".join(f"{t} {n}" for t, n in _topic_counts(messages).items()) or "none"
                 raise BagError(f"cannot open bag {self.path}: {type(exc).__name__}: {str(exc).rstrip('.')}. The mcap file {file} is "
@@ -259,13 +249,31 @@ class BagFile:
                                f"{used} bytes are recoverable ({counts}); pass --recover to use them") from exc
             self.recovered = messages
             self.reader = None
+            self._register_types(definitions)
+            return
+        self._register_types({c.msgtype: c.msgdef.data for c in self.reader.connections
+                              if getattr(c.msgdef, "data", None)})
+
+    def _register_types(self, definitions: dict[str, str]) -> None:
+        """Teach the type store the message types the bag defines and it lacks (our vl_anomaly_msgs, a vehicle's
+        own types), from the definitions stored in the bag, as ``ros2 bag`` and Foxglove do. A definition that
+        does not parse leaves that type undecodable (a clear error when one of its messages is read)."""
+        from rosbags.typesys import get_types_from_msg
+
+        for msgtype, text in definitions.items():
+            if msgtype in self.store.types or not text:
+                continue
+            try:
+                types = get_types_from_msg(text, msgtype)
+                self.store.register({k: v for k, v in types.items() if k not in self.store.types})
+            except Exception:                                                 # noqa: BLE001 — reported on read
+                pass
 
     def _recoverable(self):
         files = sorted(self.path.glob("*.mcap")) if self.path.is_dir() else []
         if len(files) != 1:
             return None
-        messages, used, stop = scan_mcap(files[0])
-        return messages, used, stop, files[0]
+        return scan_mcap(files[0]), files[0]
 
     def __enter__(self) -> "BagFile":
         return self

@@ -8,6 +8,7 @@ is created, and the shared-memory profile is what lets large best-effort images 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import signal
 import subprocess
@@ -245,3 +246,40 @@ def start_node(probe: RosProbe, name: str, params: dict, log_dir: Path, timeout:
         time.sleep(0.1)
     node.stop()
     raise AssertionError(f"node {name} did not become active in {timeout} s:\n{node.log()}")
+
+
+def message_as_plain(message) -> object:
+    """A decoded ROS message as plain Python (dicts, lists, bytes, numbers, strings), from either the ``rosbags``
+    classes (dataclasses, numpy arrays) or the official ``mcap_ros2`` decoder (namespaces, bytes, lists), so that
+    the two decoders' results compare with ``==``."""
+    import numpy as np
+
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return bytes(message)
+    if isinstance(message, np.ndarray):
+        return message.tobytes() if message.dtype == np.uint8 else [message_as_plain(v) for v in message.tolist()]
+    if isinstance(message, (list, tuple)):
+        return [message_as_plain(item) for item in message]
+    if isinstance(message, np.generic):
+        message = message.item()
+    if isinstance(message, float) and message != message:
+        return "NaN"                                             # so that NaN fields (unknown distance) compare equal
+    if dataclasses.is_dataclass(message):        # rosbags: skip __msgtype__ and constants (ROS: UPPER_CASE names)
+        return {field.name: message_as_plain(getattr(message, field.name)) for field in dataclasses.fields(message)
+                if not field.name.startswith("__") and not field.name.isupper()}
+    if hasattr(type(message), "__slots__") and type(message).__slots__:
+        return {name: message_as_plain(getattr(message, name)) for name in type(message).__slots__}
+    return message
+
+
+def read_with_official_mcap(bag: Path) -> list[tuple[str, int, object]]:
+    """Every message of an mcap rosbag2 bag (a folder with one .mcap file) as ``(topic, log time ns, message)``,
+    decoded by Foxglove's ``mcap`` + ``mcap-ros2-support`` from the schemas stored in the file."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    (mcap_file,) = sorted(Path(bag).glob("*.mcap"))
+    with open(mcap_file, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        return [(channel.topic, message.log_time, decoded)
+                for _, channel, message, decoded in reader.iter_decoded_messages(log_time_order=True)]

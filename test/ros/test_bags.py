@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 import ros_harness  # noqa: F401  (environment)
+from ros_harness import message_as_plain, read_with_official_mcap
 from vl_anomaly.datasets import load_dataset
-from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, typestore,
+from vl_anomaly_ros.bags import (DEFAULT_START_NS, BagError, BagFile, scan_mcap, typestore,
                                  write_dataset_bag)
 from vl_anomaly_ros.conversions import image_msg_to_array, stamp_ns
 
@@ -61,6 +62,71 @@ def test_compressed_bag_and_custom_topics(dataset, tmp_path):
         first = next(m for _, _, m in bag.messages([topic]))
     decoded = cv2.imdecode(np.asarray(first.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
     np.testing.assert_array_equal(decoded, dataset.load(0)[1])          # PNG: lossless
+
+
+@pytest.mark.parametrize("compressed", [None, "png"])
+def test_our_bags_decode_with_the_official_mcap_libraries(dataset, tmp_path, compressed):
+    """Foxglove's mcap + mcap-ros2-support (no code of ours) decode every message, equal to the source frames and
+    to what our reader (rosbags) returns."""
+    frames = 3
+    write_dataset_bag(dataset, tmp_path / "bag", max_frames=frames, compressed=compressed, progress=False)
+    official = read_with_official_mcap(tmp_path / "bag")
+    assert len(official) == 4 * frames
+    image_topic = "/camera/image_raw/compressed" if compressed else "/camera/image_raw"
+    by_topic: dict[str, list] = {}
+    for topic, t_ns, msg in official:
+        assert t_ns == msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec if hasattr(msg, "header") \
+            else True
+        by_topic.setdefault(topic, []).append((t_ns, msg))
+    assert sorted(by_topic) == sorted([image_topic, "/camera/camera_info", "/ground_truth/anomaly_mask",
+                                       "/ground_truth/frame_name"])
+    for i in range(frames):
+        fid, rgb, label = dataset.load(i)
+        t_ns, image = by_topic[image_topic][i]
+        assert t_ns == DEFAULT_START_NS + i * 100_000_000
+        if compressed:
+            assert image.format == "png"
+            decoded = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        else:
+            assert (image.encoding, image.height, image.width, image.step) == ("rgb8", *rgb.shape[:2], rgb.shape[1] * 3)
+            decoded = np.frombuffer(image.data, np.uint8).reshape(rgb.shape)
+        np.testing.assert_array_equal(decoded, rgb)
+        gt = by_topic["/ground_truth/anomaly_mask"][i][1]
+        np.testing.assert_array_equal(np.frombuffer(gt.data, np.uint8).reshape(label.shape), label)
+        assert by_topic["/ground_truth/frame_name"][i][1].data == f"road_anomaly_21/{fid}"
+        info = by_topic["/camera/camera_info"][i][1]
+        assert (info.width, info.height) == (rgb.shape[1], rgb.shape[0])
+    with BagFile(tmp_path / "bag") as bag:
+        ours = list(bag.messages(list(by_topic)))
+    assert [(t, ns, message_as_plain(m)) for t, ns, m in ours] == \
+        [(t, ns, message_as_plain(m)) for t, ns, m in official]
+
+
+def test_truncated_mcap_is_recovered_with_the_official_reader(tmp_path):
+    """scan_mcap (recovery of a bag cut off mid-write) reads with mcap's stream reader: complete chunks, compressed
+    ones included, come back equal to what was written; a chunk or record cut off contributes nothing."""
+    from mcap_ros2.writer import Writer
+
+    store = typestore()
+    path = tmp_path / "zstd.mcap"
+    with open(path, "wb") as f:
+        writer = Writer(f, chunk_size=4096)                        # mcap's default compression: zstd
+        schema = writer.register_msgdef("std_msgs/msg/String", "string data")
+        for i in range(200):
+            writer.write_message("/chatter", schema, {"data": f"message {i} " + "x" * 100}, log_time=i, publish_time=i)
+        writer.finish()
+    complete, used, stop, definitions = scan_mcap(path)
+    assert stop == "footer" and len(complete) == 200 and definitions == {"std_msgs/msg/String": "string data"}
+    assert [store.deserialize_cdr(data, "std_msgs/msg/String").data for _, _, _, data in complete] == \
+        [f"message {i} " + "x" * 100 for i in range(200)]
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    partial, used, stop, _ = scan_mcap(cut)
+    assert 0 < len(partial) < 200 and "cut off" in stop, stop
+    assert [m[3] for m in partial] == [m[3] for m in complete[: len(partial)]]
+    assert used <= cut.stat().st_size
+    (tmp_path / "junk.mcap").write_bytes(b"not an mcap file at all")
+    assert scan_mcap(tmp_path / "junk.mcap")[:2] == ([], 0)
 
 
 def test_sqlite3_bags_are_read_too(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ros_harness  # noqa: F401  (environment)
-from ros_harness import NODE_TEST_PARAMS
+from ros_harness import NODE_TEST_PARAMS, message_as_plain, read_with_official_mcap
 from vl_anomaly import create_predictor
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
@@ -44,6 +44,15 @@ def test_replay_metrics_equal_offline_evaluation(dataset, input_bag, tmp_path):
     assert result.outputs["/vl_anomaly_replay_t1/overlay"] == 10
     assert result.latency_ms["n"] == 10 and result.latency_ms["p50"] > 0
     assert json.loads((tmp_path / "out.replay.json").read_text())["frames_published"] == 10
+    # The recorded bag decodes with Foxglove's mcap + mcap-ros2-support, message by message equal to our reader's
+    # (images, obstacle lists of our own message type from the schema stored in the bag, diagnostics).
+    official = sorted(read_with_official_mcap(tmp_path / "out"), key=lambda m: (m[0], m[1]))
+    with BagFile(tmp_path / "out") as bag:
+        ours = sorted(bag.messages(sorted(bag.topics)), key=lambda m: (m[0], m[1]))
+    assert len(official) == len(ours) and {m[0] for m in official} >= {"/vl_anomaly_replay_t1/obstacles"}
+    for (topic, t_ns, theirs), (our_topic, our_t, mine) in zip(official, ours):
+        assert (topic, t_ns) == (our_topic, our_t)
+        assert message_as_plain(theirs) == message_as_plain(mine), topic
 
     replayed = replay_eval(input_bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t1",
                            progress=False)
