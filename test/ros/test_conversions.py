@@ -138,3 +138,47 @@ def test_obstacle_array_message():
     assert first.has_ground_position and first.distance_m == pytest.approx(3.0)
     assert (first.ground_position.x, first.ground_position.z) == (1.0, 2.0)
     assert not second.has_ground_position and np.isnan(second.distance_m)
+
+
+# rosbags-image (PyPI; cv_bridge's conversions for rosbags users) as a reference no one here wrote. It ignores
+# ``step`` (it reads rows as packed), so it is compared on packed rows; padding is covered above against cv2.
+@pytest.mark.parametrize("encoding", list(ENCODED))
+@pytest.mark.parametrize("bigendian", [0, 1])
+def test_input_conversion_equals_rosbags_image(encoding, bigendian):
+    from rosbags.image import image_to_cvimage
+
+    raw, _ = ENCODED[encoding]
+    msg = _msg(raw, encoding, 0, bigendian)
+    np.testing.assert_array_equal(C.image_msg_to_rgb(msg), image_to_cvimage(msg, "rgb8"))
+
+
+@pytest.mark.parametrize("fmt, pixels", [("png", RGB), ("jpeg", RGB), ("png", RGB[..., 0].copy())])
+def test_compressed_input_equals_rosbags_image(fmt, pixels):
+    from rosbags.image import compressed_image_to_cvimage
+
+    image = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png" if fmt == "png" else ".jpg", image)
+    msg = CompressedImage(format=fmt, data=data.tobytes())
+    np.testing.assert_array_equal(C.compressed_msg_to_rgb(msg), compressed_image_to_cvimage(msg, "rgb8"))
+
+
+@pytest.mark.parametrize("encoding, array", [
+    ("32FC1", RNG.random((7, 11), dtype=np.float32)), ("mono8", RGB[..., 1].copy()), ("bgr8", RGB), ("rgb8", RGB)])
+def test_published_images_read_back_equal_with_rosbags_image(encoding, array):
+    """What the node publishes, as a consumer using rosbags-image reads it (score map floats bit for bit)."""
+    from rosbags.image import image_to_cvimage
+
+    msg = C.array_to_image_msg(array, encoding)
+    theirs = image_to_cvimage(msg)
+    assert theirs.dtype == array.dtype and theirs.shape == array.shape
+    np.testing.assert_array_equal(theirs, array)
+    np.testing.assert_array_equal(C.image_msg_to_array(msg), theirs)
+
+
+def test_big_endian_score_map_reads_like_rosbags_image():
+    from rosbags.image import image_to_cvimage
+
+    scores = RNG.random((5, 9), dtype=np.float32)
+    msg = Image(height=5, width=9, encoding="32FC1", is_bigendian=1, step=36, data=scores.astype(">f4").tobytes())
+    np.testing.assert_array_equal(C.image_msg_to_array(msg), image_to_cvimage(msg))
+    np.testing.assert_array_equal(C.image_msg_to_array(msg), scores)
