@@ -163,7 +163,7 @@ def test_ci_runs_the_readme_commands():
 def test_node_package_xml_declares_what_the_node_imports():
     """package.xml stays honest: every ROS package or rosdep-keyed library the node imports is an exec_depend."""
     rosdep_keys = {"cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml", "tqdm": "python3-tqdm"}
-    pip_only = {"vl_anomaly", "torch", "rosbags"}            # installed with pip (docs/ros.md), no rosdep keys
+    pip_only = {"vl_anomaly", "torch", "rosbags", "mcap"}    # installed with pip (docs/ros.md), no rosdep keys
     optional = {"cv_bridge"}                                 # used only when importable
     stdlib = set(__import__("sys").stdlib_module_names)
     declared = {d.text for d in ET.parse(ROOT / "package.xml").getroot().findall("exec_depend")}

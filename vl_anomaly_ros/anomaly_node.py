@@ -24,11 +24,20 @@ signals during that are logged and ignored. Exit code 0.
 
 Topics (relative names, remap them): subscribes ``image`` (sensor_msgs/Image), ``image/compressed``
 (optional), ``camera_info``; publishes ``~/anomaly_score`` (32FC1), ``~/obstacle_mask`` (mono8 0/255),
-``~/overlay`` (bgr8, only while subscribed), ``~/obstacles`` (vl_anomaly_msgs/ObstacleArray), ``/diagnostics``.
+``~/overlay`` (bgr8), ``~/obstacle_markers`` (visualization_msgs/MarkerArray; :mod:`.markers`) — these four only
+while subscribed — ``~/obstacles`` (vl_anomaly_msgs/ObstacleArray) and ``/diagnostics``. The input subscriptions
+accept ``qos_overrides.<topic>.subscription.<policy>`` parameters (rclpy's QoS overriding).
+
+Services: ``~/enable`` (std_srvs/SetBool) pauses inference without tearing down the model (frames are counted as
+dropped, reason ``disabled``) and resumes it; the lifecycle services of every lifecycle node.
+
+Messages the core logs (``logging`` logger ``vl_anomaly``: an ONNX export or TensorRT engine build on first start)
+go to the node's log; a TensorRT engine build is also shown in ``/diagnostics`` while configure waits for it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -46,8 +55,11 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
                        qos_profile_system_default)
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import SetBool
+from visualization_msgs.msg import MarkerArray
 
 from vl_anomaly.errors import VLAnomalyError
 from vl_anomaly.factory import create_predictor
@@ -61,6 +73,7 @@ from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, co
 from .environment import ensure_venv_ament_prefix, use_shipped_fastdds_profile
 from .frame_queue import FrameQueue
 from .ground import PinholeCamera, obstacle_ground_points
+from .markers import obstacle_markers
 from .model_worker import ModelWorker
 from .shutdown import ShutdownSignals
 from .stats import FrameStats, diagnostic_values, frame_status
@@ -79,6 +92,26 @@ class _Frame:
     received_monotonic: float
 
 
+class _CoreLogBridge(logging.Handler):
+    """Forwards the core's ``logging`` records (logger ``vl_anomaly``) to the node's ROS logger while the node
+    lives; an announced TensorRT engine build also becomes the node's ``configuring`` diagnostics message."""
+
+    def __init__(self, node: "AnomalyNode") -> None:
+        super().__init__(logging.INFO)
+        self.node = node
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            logger = self.node.get_logger()
+            (logger.error if record.levelno >= logging.ERROR else logger.warning if record.levelno >= logging.WARNING
+             else logger.info)(message)
+            if message.startswith("building TensorRT engine"):
+                self.node.configuring = message
+        except Exception:                                                   # noqa: BLE001 — logging must not raise
+            self.handleError(record)
+
+
 class AnomalyNode(LifecycleNode):
     """Road-anomaly segmentation node (see the module docstring for topics, threads and lifecycle)."""
 
@@ -87,6 +120,8 @@ class AnomalyNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, spec in P.PARAMS.items():
             self.declare_parameter(name, spec.default, P.descriptor(name))
+        self.enabled = True              # ~/enable
+        self.configuring = ""            # what a configure in progress waits for (diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.stats = FrameStats()
         self.queue = FrameQueue(on_drop=lambda item, reason: self.stats.on_dropped(reason))
@@ -105,6 +140,10 @@ class AnomalyNode(LifecycleNode):
         self.worker = ModelWorker(self.queue, self._handle_frame)
         self._active = False
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
+        self._core_log = _CoreLogBridge(self)
+        logging.getLogger("vl_anomaly").addHandler(self._core_log)
+        logging.getLogger("vl_anomaly").setLevel(logging.INFO)
         # On the steady clock: with use_sim_time and no /clock (a paused bag) health reports must go on.
         self._diagnostics_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
                                                     self.publish_diagnostics,
@@ -117,6 +156,8 @@ class AnomalyNode(LifecycleNode):
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Validate every changed parameter first; reject the whole set with the first reason."""
         for parameter in parameters:
+            if parameter.name.startswith("qos_overrides."):      # declared read-only by rclpy, checked by it
+                continue
             reason = P.validate(parameter.name, parameter.value)
             if reason is not None:
                 self.get_logger().warning(f"rejected parameter {parameter.name}={parameter.value!r}: {reason}")
@@ -135,6 +176,17 @@ class AnomalyNode(LifecycleNode):
 
     def _apply_queue_params(self) -> None:
         self.queue.configure(self.param("queue_policy"), self.param("queue_depth"))
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        """``~/enable``: false pauses inference (model kept; frames counted as dropped, reason ``disabled``),
+        true resumes it. Frames already waiting are still processed."""
+        changed = self.enabled != request.data
+        self.enabled = bool(request.data)
+        state = "enabled" if self.enabled else "disabled: frames are counted as dropped (disabled), model kept"
+        if changed:
+            self.get_logger().info(f"~/enable: {state}")
+        response.success, response.message = True, state if changed else f"already {state}"
+        return response
 
     def _apply_postprocess_params(self, overrides: dict | None = None) -> None:
         values = {name: self.param(name) for name in ("threshold", "min_obstacle_area_px", "drivable_only",
@@ -166,12 +218,16 @@ class AnomalyNode(LifecycleNode):
             device=self.param("device"), input_size=(height, width) if height else None,
             backend=self.param("backend"), onnx_path=self.param("onnx_path") or None,
             precision=self.param("tensorrt_precision"), fusion=self.param("fusion_config") or None,
-            clip_weights=self.param("clip_weights"))
+            clip_weights=self.param("clip_weights"), force_engine_update=self.param("force_engine_update"))
         predictor.predict(np.zeros((64, 64, 3), np.uint8))                      # warm-up (allocations, oneDNN)
         return predictor
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         start = time.perf_counter()
+        if self.param("backend") == "tensorrt":
+            self.get_logger().info("backend tensorrt: the engine for this model, input size and GPU is built on the "
+                                   "first start (minutes on embedded GPUs; announced when it starts) and cached")
+        self.configuring = f"configuring: loading {self.param('model')}"
         try:
             self.predictor = self.worker.call(self._load_predictor, "loading the model",
                                               cancel=self.shutdown_requested.is_set)
@@ -182,6 +238,8 @@ class AnomalyNode(LifecycleNode):
             self.get_logger().error(self.error)
             self.predictor = None
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self.configuring = ""
         self.error = ""
         depth = self.param("output_qos_depth")
         out_qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
@@ -191,6 +249,7 @@ class AnomalyNode(LifecycleNode):
             "mask": self.create_publisher(Image, "~/obstacle_mask", out_qos),
             "overlay": self.create_publisher(Image, "~/overlay", out_qos),
             "obstacles": self.create_publisher(ObstacleArray, "~/obstacles", out_qos),
+            "markers": self.create_publisher(MarkerArray, "~/obstacle_markers", out_qos),
         }
         desc = self.predictor.describe()
         self.get_logger().info(
@@ -202,18 +261,23 @@ class AnomalyNode(LifecycleNode):
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         qos = self._input_qos()
         image_topic = self.resolve_topic_name("image")
+        overrides = QoSOverridingOptions.with_default_policies   # qos_overrides.<topic>.subscription.<policy>
         self._inputs = [
-            self.create_subscription(Image, "image", lambda m: self._on_image(m, False), qos),
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos),
+            self.create_subscription(Image, "image", lambda m: self._on_image(m, False), qos,
+                                     qos_overriding_options=overrides()),
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos,
+                                     qos_overriding_options=overrides()),
         ]
         if self.param("subscribe_compressed"):
             self._inputs.append(
-                self.create_subscription(CompressedImage, "image/compressed", lambda m: self._on_image(m, True), qos))
+                self.create_subscription(CompressedImage, "image/compressed", lambda m: self._on_image(m, True), qos,
+                                         qos_overriding_options=overrides()))
+        qos = self._inputs[0].qos_profile                          # as overridden
         self.queue.reopen()
         self.worker.enable_frames()
         self._active = True
-        self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}, depth "
-                               f"{self.param('input_qos_depth')}, queue policy {self.param('queue_policy')})")
+        self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}: {qos.reliability.name.lower()}"
+                               f", depth {qos.depth}, queue policy {self.param('queue_policy')})")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -234,6 +298,10 @@ class AnomalyNode(LifecycleNode):
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop_frames()
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        logging.getLogger("vl_anomaly").removeHandler(self._core_log)
+        super().destroy_node()
 
     def _stop_frames(self, timeout: float | None = None) -> None:
         """Stop taking frames; waiting ones are counted as dropped (``shutdown``). Waits at most ``timeout``
@@ -305,6 +373,9 @@ class AnomalyNode(LifecycleNode):
         """Count, validate the header (cheap), hand over to the inference thread. Never raises."""
         self.stats.on_received()
         self._check_stamp(msg)
+        if not self.enabled:
+            self.stats.on_dropped("disabled")
+            return
         try:
             if not compressed:
                 check_image_msg(msg, self.param("max_input_pixels"))
@@ -370,6 +441,10 @@ class AnomalyNode(LifecycleNode):
                                    f"{rgb.shape[1]}x{rgb.shape[0]} (another aspect ratio): no ground positions")
         pubs["obstacles"].publish(obstacle_array_msg(prediction.obstacles, header, predictor.score_name,
                                                      predictor.postprocess_cfg.threshold, ground))
+        if pubs["markers"].get_subscription_count() > 0:
+            fitting = camera if camera is not None and camera.fits(rgb.shape[1], rgb.shape[0]) else None
+            pubs["markers"].publish(obstacle_markers(prediction.obstacles, header, rgb.shape[1], rgb.shape[0],
+                                                     fitting, ground))
         t3 = time.monotonic()
         stages = {"wait": (t0 - frame.received_monotonic) * 1e3, "convert": (t1 - t0) * 1e3,
                   "inference": (t2 - t1) * 1e3, "publish": (t3 - t2) * 1e3}
@@ -393,9 +468,11 @@ class AnomalyNode(LifecycleNode):
         snap = self.stats.snapshot()
         level, message = frame_status(snap, configured=self.predictor is not None, error=self.error,
                                       active=self._active, no_input_warn_s=self.param("no_input_warn_s"),
-                                      image_topic=self.resolve_topic_name("image"))
+                                      image_topic=self.resolve_topic_name("image"), enabled=self.enabled,
+                                      configuring=self.configuring)
         values = diagnostic_values(snap, {"queue_policy": self.param("queue_policy"), "model": self.param("model"),
-                                          "score": self._score_name(), "camera_info": self._camera_info_state})
+                                          "score": self._score_name(), "enabled": self.enabled,
+                                          "camera_info": self._camera_info_state})
         status = DiagnosticStatus(level=getattr(DiagnosticStatus, level),
                                   name=f"{self.get_fully_qualified_name()}: frames", message=message,
                                   hardware_id=self.param("device"),

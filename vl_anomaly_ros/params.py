@@ -72,6 +72,10 @@ PARAMS: dict[str, ParamSpec] = {
                          read_only=True, choices=BACKENDS),
     "onnx_path": ParamSpec("", "ONNX export to run with backend onnxruntime/tensorrt (vl-anomaly export); "
                                "'' = the cached export of model + weights", read_only=True),
+    "force_engine_update": ParamSpec(False, "backend tensorrt: rebuild the engine on configure even when a cached "
+                                            "one matches (after a TensorRT or driver update, or to replace a suspect "
+                                            "engine); the build is announced in the log and diagnostics",
+                                     read_only=True),
     "tensorrt_precision": ParamSpec("fp16", "TensorRT engine precision (backend tensorrt)", read_only=True,
                                     choices=("fp16", "fp32")),
     "threads": ParamSpec(0, "torch CPU threads; 0 = torch's default", read_only=True, min=0, max=256),

@@ -2,7 +2,7 @@
 
 Invariant (checked by the tests): ``received = processed + dropped + rejected + in_flight``, where ``in_flight``
 counts frames waiting in the queue or being processed. Every count has a reason: drops are by design
-(``superseded``, ``queue_full``, ``stale``, ``shutdown``, ``inactive``), rejections are bad input or failures
+(``superseded``, ``queue_full``, ``stale``, ``shutdown``, ``inactive``, ``disabled``), rejections are bad input or failures
 (``encoding``, ``empty``, ``too_large``, ``step``, ``truncated``, ``decode``, ``inference_error`` …).
 """
 
@@ -96,14 +96,19 @@ class FrameStats:
 
 
 def frame_status(snap: dict, *, configured: bool, error: str, active: bool, no_input_warn_s: float,
-                 image_topic: str) -> tuple[str, str]:
+                 image_topic: str, enabled: bool = True, configuring: str = "") -> tuple[str, str]:
     """Level (``OK``, ``WARN``, ``ERROR``: names of ``diagnostic_msgs/DiagnosticStatus`` levels) and message of the
-    node's frames status, from a :meth:`FrameStats.snapshot` and the node's state."""
+    node's frames status, from a :meth:`FrameStats.snapshot` and the node's state (``enabled``: the ``~/enable``
+    switch; ``configuring``: what a configure in progress is doing, e.g. building a TensorRT engine)."""
     idle = snap["seconds_since_input"]
     if not configured:
-        return ("ERROR", error) if error else ("WARN", "unconfigured (waiting for the configure transition)")
+        if error:
+            return "ERROR", error
+        return "WARN", configuring or "unconfigured (waiting for the configure transition)"
     if not active:
         return "WARN", "configured, inactive"
+    if not enabled:
+        return "OK", "disabled through ~/enable: the model stays loaded, frames are counted as dropped (disabled)"
     if idle is None or idle > no_input_warn_s:
         return "WARN", (f"no input on {image_topic} " + ("yet" if idle is None else f"for {idle:.1f} s")
                         + " (check topic and QoS)")

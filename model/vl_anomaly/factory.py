@@ -255,7 +255,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                      backend: str = "torch",
                      onnx_path: str | Path | None = None, precision: str = "fp16",
                      fusion: str | Path | FusionCfg | None = None,
-                     clip_weights: str | Path | None = "default") -> AnomalyPredictor:
+                     clip_weights: str | Path | None = "default",
+                     force_engine_update: bool = False) -> AnomalyPredictor:
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``score`` defaults to the model's (:func:`default_score`); ``threshold``, ``min_area_px``, ``drivable_only`` and
@@ -264,12 +265,15 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.deploy`); the ONNX graph is
     ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use,
     :func:`vl_anomaly.deploy.load_deployed_model`); TensorRT builds and caches its ``precision`` engine from it
-    (not run on our machines).
+    (not run on our machines); ``force_engine_update`` rebuilds that engine even when a cached one matches.
     ``fusion`` (score ``fused``): a :class:`~vl_anomaly.fusion.FusionCfg`, a YAML file or a shipped config name
     (:func:`vl_anomaly.fusion.list_fusion_configs`); default: the model config's ``fusion`` section, else the
     shipped config named after the model. ``clip_weights``: see :func:`create_model`.
     """
     check_backend(backend)
+    if force_engine_update and backend != "tensorrt":
+        raise ConfigError(f"force_engine_update rebuilds a TensorRT engine; backend {backend!r} has none "
+                          "(use backend 'tensorrt' or leave it false)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
     scoring = default_scoring(name, fusion)
@@ -288,7 +292,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
         clip_tag = resolve_clip_weights(clip_cfg.get("weights"), clip_weights).tag if clip_cfg else None
         model = load_deployed_model(name, weights, preprocess_cfg.input_size, backend,
                                     build_model=lambda: create_model(name, weights=weights, clip_weights=clip_weights),
-                                    onnx_path=onnx_path, precision=precision, clip_weights=clip_tag)
+                                    onnx_path=onnx_path, precision=precision, clip_weights=clip_tag,
+                                    force_engine_update=force_engine_update)
     return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name,
                             scoring=scoring)
 

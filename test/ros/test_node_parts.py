@@ -129,6 +129,44 @@ def test_stats_invariant_and_percentiles():
         ("ERROR", "configure failed: x")
     idle = frame_status(FrameStats().snapshot(), **status)
     assert idle == ("WARN", "no input on /cam/image yet (check topic and QoS)")
+    level, message = frame_status(snap, **{**status, "enabled": False})
+    assert level == "OK" and message.startswith("disabled through ~/enable")
+    building = "building TensorRT engine x.plan (fp16, none cached): first start takes minutes"
+    assert frame_status(snap, **{**status, "configured": False, "configuring": building}) == ("WARN", building)
+
+
+def test_obstacle_markers_by_hand():
+    """Image-plane boxes at 1 m through the camera's K (or the nominal pinhole), ground boxes from the flat-ground
+    point, one DELETEALL first."""
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import Marker
+
+    from vl_anomaly_ros.markers import nominal_camera, obstacle_markers
+
+    header = Header(frame_id="cam")
+    obstacles = [Obstacle(id=1, bbox=(960, 540, 100, 50), area_px=5000, centroid=(1009.5, 564.5), mean_score=0.8,
+                          max_score=0.9),
+                 Obstacle(id=2, bbox=(0, 0, 10, 10), area_px=100, centroid=(4.5, 4.5), mean_score=0.6, max_score=0.7)]
+    ground = [(0.05, 1.5, 15.0), None]
+    markers = obstacle_markers(obstacles, header, 1920, 1080, CAMERA, ground).markers
+    assert markers[0].action == Marker.DELETEALL
+    assert [(m.ns, m.id) for m in markers[1:]] == [("image_boxes", 1), ("image_labels", 1), ("ground_boxes", 1),
+                                                   ("ground_labels", 1), ("image_boxes", 2), ("image_labels", 2)]
+    box = markers[1]
+    corners = [(p.x, p.y, p.z) for p in box.points]
+    # left/top pixel edge 959.5 / 539.5 is the principal point: (0, 0, 1); right edge 1059.5 → x = 0.1
+    assert corners[0] == pytest.approx((0.0, 0.0, 1.0)) and corners[2] == pytest.approx((0.1, 0.05, 1.0))
+    assert corners[4] == corners[0] and box.header.frame_id == "cam"
+    solid = markers[3]
+    # 100 × 50 px at 15 m depth with f = 1000 px: 1.5 m wide, 0.75 m tall, standing on the ground (y = 1.5 down)
+    assert (solid.scale.x, solid.scale.y) == pytest.approx((1.5, 0.75))
+    assert solid.pose.position.y == pytest.approx(1.5 - 0.375) and solid.pose.position.x == pytest.approx(0.05)
+    assert markers[4].text == f"#1 0.80 {math.sqrt(0.05 ** 2 + 1.5 ** 2 + 15.0 ** 2):.1f} m"
+    assert markers[6].text == "#2 0.60"
+    nominal = obstacle_markers(obstacles[:1], header, 640, 480).markers         # no camera_info
+    camera = nominal_camera(640, 480)
+    assert (camera.fx, camera.cx, camera.cy) == (640.0, 319.5, 239.5)
+    assert nominal[1].points[0].x == pytest.approx((959.5 - 319.5) / 640.0) and len(nominal) == 3
 
 
 CAMERA = PinholeCamera(fx=1000.0, fy=1000.0, cx=959.5, cy=539.5, width=1920, height=1080)
@@ -217,6 +255,10 @@ def test_fastdds_profile_and_rviz_config():
     assert score["Topic"]["Value"] == "/vl_anomaly/anomaly_score" and score["Normalize Range"] is False
     assert (score["Min Value"], score["Max Value"]) == (0, 1)
     assert displays["Camera"]["Topic"]["Reliability Policy"] == "Best Effort"
+    markers = displays.pop("Obstacles")
+    assert markers["Class"] == "rviz_default_plugins/MarkerArray"
+    assert markers["Topic"]["Value"] == "/vl_anomaly/obstacle_markers"
+    assert set(markers["Namespaces"]) == {"image_boxes", "image_labels", "ground_boxes", "ground_labels"}
     assert all(d["Class"] == "rviz_default_plugins/Image" for d in displays.values())
 
 

@@ -16,6 +16,7 @@ import pytest
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ros_harness import NODE_TEST_PARAMS, REPO_ROOT, NodeProcess, start_node
 from vl_anomaly import read_image
@@ -36,7 +37,7 @@ def images(anomaly_val) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def node(probe, ros_log_dir):
     for topic, kind in (("anomaly_score", Image), ("obstacle_mask", Image), ("overlay", Image),
-                        ("obstacles", ObstacleArray)):
+                        ("obstacles", ObstacleArray), ("obstacle_markers", MarkerArray)):
         probe.subscribe(kind, f"{OUT}/{topic}", 50)
     process = start_node(probe, NODE, {**NODE_TEST_PARAMS, "subscribe_compressed": True}, ros_log_dir)
     yield process
@@ -59,6 +60,34 @@ def _by_stamp(probe, topic: str, sec: int):
         if msg.header.stamp.sec == sec:
             return msg
     return None
+
+
+def _markers_of(probe, sec: int, timeout: float = 30.0) -> MarkerArray:
+    """The ~/obstacle_markers array of the frame stamped ``sec`` (its markers carry the image header)."""
+    def find():
+        for msg in probe.messages(f"{OUT}/obstacle_markers"):
+            if msg.markers and msg.markers[0].header.stamp.sec == sec:
+                return msg
+        return None
+
+    assert probe.wait_for(lambda: find() is not None, timeout), f"no markers for stamp {sec}"
+    return find()
+
+
+def _check_markers(markers: MarkerArray, obstacles, ground: bool) -> None:
+    assert markers.markers[0].action == Marker.DELETEALL                   # last frame's markers go away
+    by_ns: dict[str, list] = {}
+    for marker in markers.markers[1:]:
+        assert marker.header.frame_id == FRAME_ID and marker.action == Marker.ADD
+        by_ns.setdefault(marker.ns, []).append(marker)
+    ids = [o.id for o in obstacles]
+    assert [m.id for m in by_ns["image_boxes"]] == ids == [m.id for m in by_ns["image_labels"]]
+    assert all(len(m.points) == 5 and m.points[0] == m.points[4] for m in by_ns["image_boxes"])
+    grounded = [o.id for o in obstacles if o.has_ground_position]
+    assert [m.id for m in by_ns.get("ground_boxes", [])] == (grounded if ground else [])
+    for marker in by_ns.get("ground_labels", []):
+        obstacle = next(o for o in obstacles if o.id == marker.id)
+        assert f"#{obstacle.id} " in marker.text and f"{obstacle.distance_m:.1f} m" in marker.text
 
 
 def _wait_output(probe, sec: int, timeout: float = 60.0, topics=("anomaly_score", "obstacle_mask", "obstacles")):
@@ -307,6 +336,58 @@ def test_ground_positions_with_camera_info(probe, node, image_pub, images):
                                                  rel=1e-5)
         else:
             assert not o.has_ground_position and np.isnan(o.distance_m)
+    _check_markers(_markers_of(probe, 7101), obstacles, ground=True)
+
+
+def test_markers_without_camera_info_and_enable_service(probe, node, image_pub, images):
+    """~/obstacle_markers on the image plane for every obstacle; ~/enable false pauses inference (frames counted
+    as dropped, reason disabled; the model stays loaded), true resumes it."""
+    from std_srvs.srv import SetBool
+
+    rgb = read_image(images["1"])
+    image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 7200))
+    obstacles = _wait_output(probe, 7200)["obstacles"].obstacles
+    assert obstacles
+    _check_markers(_markers_of(probe, 7200), obstacles, ground=any(o.has_ground_position for o in obstacles))
+
+    enable = probe.node.create_client(SetBool, f"{OUT}/enable")
+    assert enable.wait_for_service(10.0)
+
+    def call(value: bool):
+        future = enable.call_async(SetBool.Request(data=value))
+        assert probe.wait_for(lambda: future.done(), 10.0)
+        return future.result()
+
+    before = _counters(probe)
+    reply = call(False)
+    assert reply.success and reply.message.startswith("disabled")
+    values = probe.wait_diagnostics(NODE, lambda v: v["enabled"] == "False", 10.0)
+    assert values["message"].startswith("disabled through ~/enable") and values["level"] == 0
+    for sec in (7201, 7202, 7203):
+        image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), sec))
+    after = probe.wait_diagnostics(NODE, lambda v: int(v.get("dropped.disabled", 0))
+                                   - int(before.get("dropped.disabled", 0)) == 3, 30.0)
+    assert int(after["processed"]) == int(before["processed"])          # frame 7200 was counted before; no other
+    assert _by_stamp(probe, f"{OUT}/anomaly_score", 7202) is None
+    assert call(False).message.startswith("already disabled")
+    assert call(True).success
+    image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), 7204))
+    _wait_output(probe, 7204)                                            # no reload: the next frame is processed
+    final = _counters(probe)
+    assert int(final["received"]) == int(final["processed"]) + int(final["dropped"]) + int(final["rejected"])
+
+
+def test_input_qos_overrides(probe, ros_log_dir):
+    """``qos_overrides.<topic>.subscription.<policy>`` (rclpy's QoS overriding) changes the input subscription."""
+    name = "vl_anomaly_qos_override"
+    process = start_node(probe, name, {**NODE_TEST_PARAMS,
+                                       "qos_overrides./qos/image.subscription.reliability": "reliable",
+                                       "qos_overrides./qos/image.subscription.depth": 3},
+                         ros_log_dir, remaps={"image": "/qos/image"})
+    try:
+        assert "subscribed /qos/image (sensor_data: reliable, depth 3" in process.log()
+    finally:
+        assert process.stop() == 0, process.log()
 
 
 def test_lifecycle_transitions(probe, ros_log_dir, images):

@@ -106,17 +106,19 @@ class ExportedVLModel(ExportedSegmenter):
 
 
 def load_exported(path: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-                  precision: str = "fp16", engine_path: str | Path | None = None) -> nn.Module | ExportedClipImages:
+                  precision: str = "fp16", engine_path: str | Path | None = None,
+                  force_engine_update: bool = False) -> nn.Module | ExportedClipImages:
     """An export (any kind, read from its sidecar) run by ``backend``: :class:`ExportedSegmenter`,
     :class:`ExportedVLModel` (its CLIP graph found next to it) or :class:`ExportedClipImages`."""
     path = Path(path)
     kind = ExportRecord.load(path).kind
-    runner = make_runner(path, backend, threads, precision, engine_path)
+    runner = make_runner(path, backend, threads, precision, engine_path, force_engine_update=force_engine_update)
     if kind == "clip_image":
         return ExportedClipImages(runner)
     if kind == "vl_anomaly":
         clip_path, _ = vl_companion_paths(path)
         if not clip_path.is_file():
             raise ExportError(f"{path.name} needs its CLIP image encoder {clip_path.name} next to it")
-        return ExportedVLModel(runner, make_runner(clip_path, backend, threads, precision))
+        return ExportedVLModel(runner, make_runner(clip_path, backend, threads, precision,
+                                                   force_engine_update=force_engine_update))
     return ExportedSegmenter(runner)

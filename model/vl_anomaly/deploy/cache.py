@@ -66,7 +66,7 @@ def _check_explicit_export(onnx_path: Path, name: str, input_size: tuple[int, in
 def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple[int, int], backend: str,
                         build_model: Callable[[], nn.Module], onnx_path: str | Path | None = None,
                         precision: str = "fp16", threads: int | None = None,
-                        clip_weights: str | None = None) -> nn.Module:
+                        clip_weights: str | None = None, force_engine_update: bool = False) -> nn.Module:
     """Registered model ``name`` run by ``backend`` (``onnxruntime`` or ``tensorrt``) from its ONNX export.
 
     Args:
@@ -76,6 +76,7 @@ def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple
         onnx_path: an explicit export (its record must name the same model and input size); else the cache.
         precision: TensorRT engine precision; threads: CPU threads of ONNX Runtime.
         clip_weights: VL models: the CLIP weights the model was built with (part of the cache key).
+        force_engine_update: TensorRT: rebuild the engine even when a cached one matches.
     Returns: an adapter with the PyTorch model's interface (:mod:`vl_anomaly.deploy.adapters`).
     """
     if backend == "tensorrt":
@@ -84,7 +85,7 @@ def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple
         import_tensorrt()                                       # a clear error before any export work
     if onnx_path is not None:
         _check_explicit_export(Path(onnx_path), name, input_size)
-        return load_exported(onnx_path, backend, threads, precision)
+        return load_exported(onnx_path, backend, threads, precision, force_engine_update=force_engine_update)
     composite = "segmenter" in get_model_config(name)
     if weights is None or str(weights).lower() in ("none", "untrained") or (composite and weights == "default"):
         raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (only registered or file "
@@ -102,4 +103,4 @@ def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple
     if not fresh:
         _LOG.warning("exporting %s to %s (once; checked against PyTorch)", name, path)
         export_model(build_model(), path, tuple(input_size), name=name, weights=str(weights))
-    return load_exported(path, backend, threads, precision)
+    return load_exported(path, backend, threads, precision, force_engine_update=force_engine_update)

@@ -121,15 +121,17 @@ def check_parity(runner: GraphRunner, reference: GraphRunner, rtol: float, atol:
 
 
 def make_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp16",
-                engine_path: str | Path | None = None, verify: bool = True) -> GraphRunner:
+                engine_path: str | Path | None = None, verify: bool = True,
+                force_engine_update: bool = False) -> GraphRunner:
     """The runner of ``backend`` (``onnxruntime`` or ``tensorrt``) for the ONNX export at ``path``. A TensorRT
-    engine is checked against ONNX Runtime on the CPU on load (``verify``; :func:`check_parity`)."""
+    engine is checked against ONNX Runtime on the CPU on load (``verify``; :func:`check_parity`);
+    ``force_engine_update`` rebuilds it even when a cached one matches."""
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(path, threads)
     if backend == "tensorrt":
         from .tensorrt_runner import TensorRTRunner
 
-        runner = TensorRTRunner(path, precision=precision, engine_path=engine_path)
+        runner = TensorRTRunner(path, precision=precision, engine_path=engine_path, force_rebuild=force_engine_update)
         if verify:
             check_parity(runner, OnnxRuntimeRunner(path, threads, ["CPUExecutionProvider"]), PARITY_RTOL[precision])
         return runner

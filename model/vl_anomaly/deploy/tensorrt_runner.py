@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..errors import ConfigError, VLAnomalyError
 from .records import ExportRecord
 
 PRECISIONS = ("fp32", "fp16")
+_LOG = logging.getLogger(__name__)
 
 
 def import_tensorrt():
@@ -68,12 +70,21 @@ class TensorRTRunner:
         engine_path: an explicit engine file to load instead of the cache.
         workspace_mb: builder workspace limit.
         allow_build: build on a cache miss (minutes on embedded GPUs); otherwise a miss is an error.
+        force_rebuild: build even when the cache holds a matching engine (``force_engine_update``; after a
+            TensorRT or driver update, or to replace a suspect engine). Not with ``engine_path``.
+
+    A build is announced before it starts (logger ``vl_anomaly.deploy.tensorrt_runner``, a message starting
+    "building TensorRT engine"; the node shows it in its diagnostics).
     """
 
     def __init__(self, onnx_path: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
-                 engine_path: str | Path | None = None, workspace_mb: int = 1024, allow_build: bool = True) -> None:
+                 engine_path: str | Path | None = None, workspace_mb: int = 1024, allow_build: bool = True,
+                 force_rebuild: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if force_rebuild and (engine_path is not None or not allow_build):
+            raise ConfigError("force_rebuild builds into the engine cache; it cannot be combined with an explicit "
+                              "engine_path or allow_build=False")
         trt = import_tensorrt()
         self.trt = trt
         self.path = self.onnx_path = Path(onnx_path)
@@ -89,13 +100,17 @@ class TensorRTRunner:
             key = engine_key(self.record, trt.__version__, precision, torch.cuda.get_device_name(),
                              torch.cuda.get_device_capability())
             plan_path = folder / f"{key}.plan"
-        self.engine = self._load(plan_path) if plan_path.is_file() else None
+        self.engine = self._load(plan_path) if plan_path.is_file() and not force_rebuild else None
         if self.engine is None:
             if engine_path is not None or not allow_build:
                 raise ConfigError(f"no usable TensorRT engine at {plan_path}; build one with allow_build=True or "
                                   f"trtexec --onnx={self.onnx_path} --saveEngine={plan_path}"
                                   + (" --fp16" if precision == "fp16" else ""))
-            self._build(plan_path, precision, workspace_mb)
+            _LOG.warning("building TensorRT engine %s (%s, %s) from %s: first start takes minutes, later starts load "
+                         "it from the cache", plan_path.name, precision,
+                         "forced by force_engine_update" if force_rebuild else "none cached for this GPU and version",
+                         self.onnx_path.name)
+            self._build(plan_path, precision, workspace_mb, force=force_rebuild)
             self.engine = self._load(plan_path)
             if self.engine is None:
                 raise ConfigError(f"the TensorRT engine built at {plan_path} does not match the ONNX export")
@@ -133,15 +148,15 @@ class TensorRTRunner:
             profile.set_shape(tensor.name, low, opt, high)
         return profile if dynamic else None
 
-    def _build(self, plan_path: Path, precision: str, workspace_mb: int) -> None:
+    def _build(self, plan_path: Path, precision: str, workspace_mb: int, force: bool = False) -> None:
         import fcntl
 
         trt = self.trt
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{plan_path}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)                     # one builder per engine; others wait, then load
-            if plan_path.is_file() and self._load(plan_path) is not None:
-                return
+            if not force and plan_path.is_file() and self._load(plan_path) is not None:
+                return                                           # another process built it while we waited
             builder = trt.Builder(self.logger)
             network = builder.create_network(0)                  # explicit batch is the only mode in TensorRT 10
             parser = trt.OnnxParser(network, self.logger)
