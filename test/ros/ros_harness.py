@@ -172,7 +172,11 @@ class LaunchProcess(NodeProcess):
     def __init__(self, name: str, launch_args: dict, log_dir: Path | None = None) -> None:
         self.name = name
         self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{name}.launch.log"
-        cmd = [str(Path(sys.prefix) / "bin" / "ros2"), "launch", "vl_anomaly_ros", "vl_anomaly.launch.xml",
+        # SIGINT as on a terminal: a background job of a non-interactive shell (CI scripts, `cmd &`) inherits SIGINT
+        # ignored, and launch (which handles signals through set_wakeup_fd, not signal.signal) then never sees it.
+        cmd = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                                     "os.execv(sys.argv[1], sys.argv[1:])",
+               str(Path(sys.prefix) / "bin" / "ros2"), "launch", "vl_anomaly_ros", "vl_anomaly.launch.xml",
                *(f"{key}:={value}" for key, value in launch_args.items())]
         env = {k: v for k, v in os.environ.items() if k != "ROS_PYTHON_CHECK_FIELDS"}   # the node as deployed
         with open(self.log_path, "w") as log:
