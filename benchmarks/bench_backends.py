@@ -36,6 +36,7 @@ from vl_anomaly.defaults import DEFAULT_SCORE                    # noqa: E402
 from vl_anomaly.deploy import export_onnx, export_vl_onnx       # noqa: E402
 from vl_anomaly.factory import default_scoring, get_preprocess_cfg                # noqa: E402
 from vl_anomaly.io import write_json                             # noqa: E402
+from vl_anomaly.deploy import providers_in_use                   # noqa: E402
 from vl_anomaly.paths import shared_dir                          # noqa: E402
 from vl_anomaly.pipeline import AnomalyPredictor                 # noqa: E402
 from vl_anomaly.registry import get_model_config                 # noqa: E402
@@ -125,6 +126,10 @@ def main() -> int:
                "export_s": export_s, "onnx_MiB": path.stat().st_size / 2**20, "max_abs_diff": record.max_abs_diff}
         if args.device.startswith("cuda"):
             row["cuda_peak_torch_MiB"] = torch.cuda.max_memory_allocated() / 2**20   # TensorRT's own memory excluded
+        for backend, predictor in predictors.items():
+            row[f"{backend}_providers"] = providers_in_use(predictor.model)     # what really ran (GPU fallbacks)
+            if hasattr(getattr(predictor.model, "runner", None), "parity"):
+                row[f"{backend}_parity"] = predictor.model.runner.parity       # TensorRT's check on load
         for backend in predictors:
             row[f"{backend}_load_s"] = load_s[backend]
             row[f"{backend}_network_ms"] = statistics.median(samples[backend]["network"])

@@ -122,6 +122,7 @@ class AnomalyNode(LifecycleNode):
             self.declare_parameter(name, spec.default, P.descriptor(name))
         self.enabled = True              # ~/enable
         self.configuring = ""            # what a configure in progress waits for (diagnostics)
+        self._runs_on: list[str] = []    # what executes the model (PyTorch, ONNX Runtime providers, TensorRT)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.stats = FrameStats()
         self.queue = FrameQueue(on_drop=lambda item, reason: self.stats.on_dropped(reason))
@@ -218,7 +219,8 @@ class AnomalyNode(LifecycleNode):
             device=self.param("device"), input_size=(height, width) if height else None,
             backend=self.param("backend"), onnx_path=self.param("onnx_path") or None,
             precision=self.param("tensorrt_precision"), fusion=self.param("fusion_config") or None,
-            clip_weights=self.param("clip_weights"), force_engine_update=self.param("force_engine_update"))
+            clip_weights=self.param("clip_weights"), force_engine_update=self.param("force_engine_update"),
+            provider_fallback=self.param("provider_fallback"))
         predictor.predict(np.zeros((64, 64, 3), np.uint8))                      # warm-up (allocations, oneDNN)
         return predictor
 
@@ -252,10 +254,11 @@ class AnomalyNode(LifecycleNode):
             "markers": self.create_publisher(MarkerArray, "~/obstacle_markers", out_qos),
         }
         desc = self.predictor.describe()
+        self._runs_on = desc["runs_on"]
         self.get_logger().info(
             f"configured in {time.perf_counter() - start:.1f} s: model {desc['model']}, score {desc['score']}, "
             f"threshold {desc['postprocess']['threshold']}, device {desc['device']}, "
-            f"network input {desc['preprocess']['input_size']}")
+            f"network input {desc['preprocess']['input_size']}, runs on {' '.join(desc['runs_on'])}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -472,6 +475,7 @@ class AnomalyNode(LifecycleNode):
                                       configuring=self.configuring)
         values = diagnostic_values(snap, {"queue_policy": self.param("queue_policy"), "model": self.param("model"),
                                           "score": self._score_name(), "enabled": self.enabled,
+                                          "runs_on": " ".join(self._runs_on),
                                           "camera_info": self._camera_info_state})
         status = DiagnosticStatus(level=getattr(DiagnosticStatus, level),
                                   name=f"{self.get_fully_qualified_name()}: frames", message=message,

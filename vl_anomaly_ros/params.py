@@ -76,6 +76,10 @@ PARAMS: dict[str, ParamSpec] = {
                                             "one matches (after a TensorRT or driver update, or to replace a suspect "
                                             "engine); the build is announced in the log and diagnostics",
                                      read_only=True),
+    "provider_fallback": ParamSpec("warn", "backend onnxruntime: when a requested GPU provider (CUDA, TensorRT) did "
+                                           "not load and the session would run on the CPU: 'warn' (log it and go "
+                                           "on) or 'error' (configure fails); diagnostics show what runs (runs_on)",
+                                   read_only=True, choices=("warn", "error")),
     "tensorrt_precision": ParamSpec("fp16", "TensorRT engine precision (backend tensorrt)", read_only=True,
                                     choices=("fp16", "fp32")),
     "threads": ParamSpec(0, "torch CPU threads; 0 = torch's default", read_only=True, min=0, max=256),

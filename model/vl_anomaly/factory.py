@@ -25,9 +25,9 @@ from .cpu import flush_subnormals_
 from .errors import ConfigError, WeightsError
 from .pipeline import AnomalyPredictor
 from .postprocess import PostprocessCfg
-from .preprocess import PreprocessCfg
+from .preprocess import PreprocessCfg, preprocess
 
-from .deploy import check_backend, load_deployed_model
+from .deploy import check_backend, load_deployed_model, parity_frame
 from .fusion import FusionCfg, list_fusion_configs, load_fusion
 from .networks.ensemble import input_divisor
 from .pretrained import get_pretrained_cfg, load_registered_state_dict, resolve_clip_weights
@@ -256,7 +256,7 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                      onnx_path: str | Path | None = None, precision: str = "fp16",
                      fusion: str | Path | FusionCfg | None = None,
                      clip_weights: str | Path | None = "default",
-                     force_engine_update: bool = False) -> AnomalyPredictor:
+                     force_engine_update: bool = False, provider_fallback: str = "warn") -> AnomalyPredictor:
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``score`` defaults to the model's (:func:`default_score`); ``threshold``, ``min_area_px``, ``drivable_only`` and
@@ -265,7 +265,9 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.deploy`); the ONNX graph is
     ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use,
     :func:`vl_anomaly.deploy.load_deployed_model`); TensorRT builds and caches its ``precision`` engine from it
-    (not run on our machines); ``force_engine_update`` rebuilds that engine even when a cached one matches.
+    (not run on our machines), on ``device`` (a CUDA device), checked on load against ONNX Runtime on a real frame
+    prepared as this predictor prepares it; ``force_engine_update`` rebuilds that engine even when a cached one
+    matches. ``provider_fallback`` (``warn`` / ``error``): ONNX Runtime, when a requested GPU provider did not load.
     ``fusion`` (score ``fused``): a :class:`~vl_anomaly.fusion.FusionCfg`, a YAML file or a shipped config name
     (:func:`vl_anomaly.fusion.list_fusion_configs`); default: the model config's ``fusion`` section, else the
     shipped config named after the model. ``clip_weights``: see :func:`create_model`.
@@ -293,7 +295,10 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
         model = load_deployed_model(name, weights, preprocess_cfg.input_size, backend,
                                     build_model=lambda: create_model(name, weights=weights, clip_weights=clip_weights),
                                     onnx_path=onnx_path, precision=precision, clip_weights=clip_tag,
-                                    force_engine_update=force_engine_update)
+                                    force_engine_update=force_engine_update,
+                                    device=device if device.startswith("cuda") else "cuda",
+                                    provider_fallback=provider_fallback,
+                                    parity_pixels=lambda: preprocess(parity_frame(), preprocess_cfg))
     return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name,
                             scoring=scoring)
 

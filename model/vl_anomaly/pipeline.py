@@ -21,6 +21,7 @@ from torch import nn
 
 from .cpu import flush_to_zero
 from .defaults import DEFAULT_SCORE
+from .deploy.runners import providers_in_use
 from .errors import VLAnomalyError
 from .postprocess import Obstacle, PostprocessCfg, postprocess
 from .preprocess import PreprocessCfg, preprocess, validate_image
@@ -129,5 +130,6 @@ class AnomalyPredictor:
     def describe(self) -> dict:
         """Settings of this predictor, for reports and summaries."""
         return {"model": self.name, "score": self.score_name, "device": str(self.device),
+                "runs_on": providers_in_use(self.model),
                 "preprocess": self.preprocess_cfg.to_dict(), "postprocess": self.postprocess_cfg.to_dict(),
                 "scoring": self.scoring.to_dict()}

@@ -226,18 +226,39 @@ def test_export_command_for_a_vl_model(tiny_vl_model, tmp_path, capsys):
 
 
 def test_engine_parity_check_catches_a_graph_that_computes_something_else(tmp_path):
-    """The check every TensorRT engine gets on load (against ONNX Runtime), exercised here with two ONNX Runtime
-    runners: the same graph passes, a graph with other weights behind the same interface is refused."""
-    from vl_anomaly.deploy import PARITY_RTOL, check_parity
+    """The check every TensorRT engine gets on load (against ONNX Runtime on the CPU), exercised here with two ONNX
+    Runtime runners on a real road frame: the same graph passes with every class agreeing; a graph with other
+    weights behind the same interface is refused for its classes and score map, not for raw magnitudes."""
+    from vl_anomaly.deploy import check_parity, parity_frame
 
     torch.manual_seed(0)
     export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "a.onnx", (64, 128))
     export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "b.onnx", (64, 128))
     a, b = OnnxRuntimeRunner(tmp_path / "a.onnx", threads=1), OnnxRuntimeRunner(tmp_path / "a.onnx")
-    diffs = check_parity(a, b, PARITY_RTOL["fp32"])
-    assert set(diffs) == {"logits", "pixel_features", "void_logits"} and max(diffs.values()) < 1e-3
-    with pytest.raises(ExportError, match="differs from OnnxRuntimeRunner: logits max abs diff"):
-        check_parity(OnnxRuntimeRunner(tmp_path / "b.onnx"), b, PARITY_RTOL["fp16"])
+    frame = parity_frame()
+    assert frame.shape == (1080, 1920, 3)                         # the shared RoadObstacle21 frame on our machines
+    figures = check_parity(a, b, "fp32", frame=frame)
+    assert figures["logits.argmax_agreement"] == 1.0 and figures["logits.msp_max_diff"] < 1e-5
+    assert set(figures) == {"logits.argmax_agreement", "logits.msp_max_diff", "pixel_features.max_abs_diff",
+                            "void_logits.max_abs_diff"}
+    with pytest.raises(ExportError, match="differs from OnnxRuntimeRunner on a real frame: logits arg-max classes agree"):
+        check_parity(OnnxRuntimeRunner(tmp_path / "b.onnx"), a, "fp16", frame=frame)
+
+
+def test_clip_parity_at_batches_1_8_and_the_maximum(tmp_path):
+    """CLIP engines are checked by the cosine of every embedding at batch 1, 8 and the profile's maximum."""
+    from vl_anomaly.deploy import check_parity, export_clip_image_onnx, parity_frame
+    from vl_anomaly.networks.clip_towers import FrozenCLIP
+
+    torch.manual_seed(0)
+    export_clip_image_onnx(FrozenCLIP.create(config=TINY_CLIP, pretrained=None), tmp_path / "a.onnx", max_batch=12)
+    export_clip_image_onnx(FrozenCLIP.create(config=TINY_CLIP, pretrained=None), tmp_path / "b.onnx", max_batch=12)
+    reference = OnnxRuntimeRunner(tmp_path / "a.onnx")
+    figures = check_parity(OnnxRuntimeRunner(tmp_path / "a.onnx", threads=1), reference, "fp16", frame=parity_frame())
+    assert set(figures) == {f"image_embeddings.min_cosine@{b}" for b in (1, 8, 12)}
+    assert min(figures.values()) > 0.9999
+    with pytest.raises(ExportError, match="image_embeddings cosine .* < 0.999 at batch 1"):
+        check_parity(OnnxRuntimeRunner(tmp_path / "b.onnx"), reference, "fp16")
 
 
 def test_the_graph_runs_the_network_once(tmp_path):
@@ -270,19 +291,61 @@ def test_an_export_must_fit_the_predictor(tmp_path):
 
 
 def test_onnxruntime_tensorrt_provider_caches_its_engines(tmp_path, monkeypatch):
-    """Where ONNX Runtime offers TensorRT (never here) the session asks for it first, with its engine cache on and
-    fp32 — checked on the session arguments, since the provider itself cannot run on our machines."""
+    """Where ONNX Runtime offers TensorRT (never here) the session asks for it first: fp32, an engine cache folder
+    keyed by the ONNX file's SHA-256 (the provider's own key ignores weights: a re-export to the same path would
+    reuse the old engine), and for a dynamic batch an explicit profile (no rebuild mid-run at a new batch size).
+    Checked on the session arguments, since the provider itself cannot run on our machines."""
     import onnxruntime as ort
 
-    from vl_anomaly.deploy import ort_session
+    from vl_anomaly.deploy import export_clip_image_onnx, ort_session
+    from vl_anomaly.networks.clip_towers import FrozenCLIP
+
+    class Session:
+        def __init__(self, path, options, providers):
+            seen["providers"] = providers
+
+        def get_providers(self):
+            return [p if isinstance(p, str) else p[0] for p in seen["providers"]]
 
     seen = {}
+    export_clip_image_onnx(FrozenCLIP.create(config=TINY_CLIP, pretrained=None), tmp_path / "clip.onnx", max_batch=20)
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort, "InferenceSession", lambda path, options, providers: seen.setdefault("p", providers))
-    monkeypatch.setenv("VL_ANOMALY_CACHE_DIR", str(tmp_path))
-    providers = ort_session(tmp_path / "m.onnx")
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setenv("VL_ANOMALY_CACHE_DIR", str(tmp_path / "cache"))
+    ort_session(tmp_path / "clip.onnx")
+    providers = seen["providers"]
     name, options = providers[0]
     assert name == "TensorrtExecutionProvider" and providers[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path / "ort_tensorrt")
-    assert options["trt_fp16_enable"] is False and (tmp_path / "ort_tensorrt").is_dir()
+    digest = ExportRecord.load(tmp_path / "clip.onnx").sha256
+    assert options["trt_engine_cache_enable"] and options["trt_fp16_enable"] is False
+    assert options["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort_tensorrt" / digest[:16])
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) \
+        == ("images:1x3x64x64", "images:8x3x64x64", "images:20x3x64x64")
+
+
+def test_a_gpu_provider_that_did_not_load_is_reported(tmp_path, monkeypatch, caplog):
+    """ONNX Runtime lists CUDA but the session runs on the CPU (its libraries did not load): a warning by default,
+    an error with provider_fallback='error'; the providers in use are what the runner reports."""
+    import logging
+
+    import onnxruntime as ort
+
+    from vl_anomaly.deploy import ort_session, providers_in_use
+
+    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "m.onnx", (64, 128))
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda path, options, providers: real_session(path, options,
+                                                                      providers=["CPUExecutionProvider"]))
+    with caplog.at_level(logging.WARNING, logger="vl_anomaly"):
+        runner = OnnxRuntimeRunner(tmp_path / "m.onnx")
+    assert "CUDAExecutionProvider did not load" in caplog.text
+    assert runner.providers_in_use == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match="asked for CUDAExecutionProvider, CPUExecutionProvider .* runs on "
+                                          "CPUExecutionProvider"):
+        ort_session(tmp_path / "m.onnx", provider_fallback="error")
+    model = load_exported(tmp_path / "m.onnx")
+    assert providers_in_use(model) == ["CPUExecutionProvider"]
+    assert providers_in_use(torch.nn.Identity()) == ["PyTorch"]

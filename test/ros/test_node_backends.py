@@ -35,6 +35,8 @@ def test_vl_model_on_onnxruntime_in_the_node(probe, ros_log_dir, anomaly_val, ti
         pub.publish(msg)
         assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 90.0), node.log()
         published = image_msg_to_array(probe.messages(f"/{name}/anomaly_score")[0])
+        runs_on = probe.wait_diagnostics(name, lambda v: "runs_on" in v, 10.0)["runs_on"]
+        assert runs_on == "CPUExecutionProvider + CPUExecutionProvider", runs_on      # graph + CLIP graph
     finally:
         assert node.stop() == 0, node.log()
     offline = create_predictor(tiny_vl_model, score="fused", backend="onnxruntime", onnx_path=onnx_path,
@@ -62,6 +64,8 @@ def test_fusion_config_parameter_gives_the_offline_fused_score(probe, ros_log_di
         probe.publisher(Image, "/fused/image", 10).publish(msg)
         assert probe.wait_for(lambda: probe.count(f"/{name}/anomaly_score") == 1, 90.0), node.log()
         published = image_msg_to_array(probe.messages(f"/{name}/anomaly_score")[0])
+        runs_on = probe.wait_diagnostics(name, lambda v: "runs_on" in v, 10.0)["runs_on"]
+        assert runs_on == "PyTorch", runs_on
     finally:
         assert node.stop() == 0, node.log()
     offline = create_predictor(score="fused", fusion=path, input_size=(256, 512)).score_image(rgb)[0]

@@ -363,6 +363,7 @@ def test_markers_without_camera_info_and_enable_service(probe, node, image_pub, 
     assert reply.success and reply.message.startswith("disabled")
     values = probe.wait_diagnostics(NODE, lambda v: v["enabled"] == "False", 10.0)
     assert values["message"].startswith("disabled through ~/enable") and values["level"] == 0
+    assert values["runs_on"] == "PyTorch"                                # what executes the model
     for sec in (7201, 7202, 7203):
         image_pub.publish(_stamped(array_to_image_msg(rgb, "rgb8"), sec))
     after = probe.wait_diagnostics(NODE, lambda v: int(v.get("dropped.disabled", 0))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -61,8 +62,14 @@ class ExportedClipImages:
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
             raise ConfigError(f"CLIP expects (B, 3, {self.image_size}, {self.image_size}) crops, got "
                               f"{tuple(images.shape)}")
-        chunks = [self.runner.run({"images": images[i: i + self.max_batch]})["image_embeddings"]
-                  for i in range(0, images.shape[0], self.max_batch)]
+        chunks = []
+        for i in range(0, images.shape[0], self.max_batch):
+            chunk = images[i: i + self.max_batch]
+            embeddings = self.runner.run({"images": chunk})["image_embeddings"]
+            if embeddings.shape[0] != chunk.shape[0]:        # the crop score zips crops with embeddings
+                raise ExportError(f"{self.path.name} returned {embeddings.shape[0]} embeddings for {chunk.shape[0]} "
+                                  "crops")
+            chunks.append(embeddings)
         return torch.cat(chunks).to(images.device)
 
 
@@ -107,18 +114,20 @@ class ExportedVLModel(ExportedSegmenter):
 
 def load_exported(path: str | Path, backend: str = "onnxruntime", threads: int | None = None,
                   precision: str = "fp16", engine_path: str | Path | None = None,
-                  force_engine_update: bool = False) -> nn.Module | ExportedClipImages:
+                  force_engine_update: bool = False, device: str = "cuda", provider_fallback: str = "warn",
+                  parity_pixels: Callable[[], torch.Tensor] | None = None) -> nn.Module | ExportedClipImages:
     """An export (any kind, read from its sidecar) run by ``backend``: :class:`ExportedSegmenter`,
-    :class:`ExportedVLModel` (its CLIP graph found next to it) or :class:`ExportedClipImages`."""
+    :class:`ExportedVLModel` (its CLIP graph found next to it) or :class:`ExportedClipImages`. The other arguments
+    go to :func:`vl_anomaly.deploy.runners.make_runner` (``device``: the CUDA device of a TensorRT engine)."""
     path = Path(path)
     kind = ExportRecord.load(path).kind
-    runner = make_runner(path, backend, threads, precision, engine_path, force_engine_update=force_engine_update)
+    options = dict(force_engine_update=force_engine_update, device=device, provider_fallback=provider_fallback)
+    runner = make_runner(path, backend, threads, precision, engine_path, parity_pixels=parity_pixels, **options)
     if kind == "clip_image":
         return ExportedClipImages(runner)
     if kind == "vl_anomaly":
         clip_path, _ = vl_companion_paths(path)
         if not clip_path.is_file():
             raise ExportError(f"{path.name} needs its CLIP image encoder {clip_path.name} next to it")
-        return ExportedVLModel(runner, make_runner(clip_path, backend, threads, precision,
-                                                   force_engine_update=force_engine_update))
+        return ExportedVLModel(runner, make_runner(clip_path, backend, threads, precision, **options))
     return ExportedSegmenter(runner)

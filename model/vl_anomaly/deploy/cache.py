@@ -66,7 +66,9 @@ def _check_explicit_export(onnx_path: Path, name: str, input_size: tuple[int, in
 def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple[int, int], backend: str,
                         build_model: Callable[[], nn.Module], onnx_path: str | Path | None = None,
                         precision: str = "fp16", threads: int | None = None,
-                        clip_weights: str | None = None, force_engine_update: bool = False) -> nn.Module:
+                        clip_weights: str | None = None, force_engine_update: bool = False, device: str = "cuda",
+                        provider_fallback: str = "warn",
+                        parity_pixels: Callable[[], torch.Tensor] | None = None) -> nn.Module:
     """Registered model ``name`` run by ``backend`` (``onnxruntime`` or ``tensorrt``) from its ONNX export.
 
     Args:
@@ -77,15 +79,20 @@ def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple
         precision: TensorRT engine precision; threads: CPU threads of ONNX Runtime.
         clip_weights: VL models: the CLIP weights the model was built with (part of the cache key).
         force_engine_update: TensorRT: rebuild the engine even when a cached one matches.
+        device: the CUDA device of a TensorRT engine; provider_fallback: ONNX Runtime, when a requested GPU
+            provider did not load (``warn`` or ``error``); parity_pixels: the parity frame as the predictor
+            prepares it (:func:`vl_anomaly.deploy.parity.check_parity`).
     Returns: an adapter with the PyTorch model's interface (:mod:`vl_anomaly.deploy.adapters`).
     """
+    options = dict(force_engine_update=force_engine_update, device=device, provider_fallback=provider_fallback,
+                   parity_pixels=parity_pixels)
     if backend == "tensorrt":
         from .tensorrt_runner import import_tensorrt
 
         import_tensorrt()                                       # a clear error before any export work
     if onnx_path is not None:
         _check_explicit_export(Path(onnx_path), name, input_size)
-        return load_exported(onnx_path, backend, threads, precision, force_engine_update=force_engine_update)
+        return load_exported(onnx_path, backend, threads, precision, **options)
     composite = "segmenter" in get_model_config(name)
     if weights is None or str(weights).lower() in ("none", "untrained") or (composite and weights == "default"):
         raise ConfigError(f"{name} with weights={weights!r} has no cached ONNX export (only registered or file "
@@ -103,4 +110,4 @@ def load_deployed_model(name: str, weights: str | Path | None, input_size: tuple
     if not fresh:
         _LOG.warning("exporting %s to %s (once; checked against PyTorch)", name, path)
         export_model(build_model(), path, tuple(input_size), name=name, weights=str(weights))
-    return load_exported(path, backend, threads, precision, force_engine_update=force_engine_update)
+    return load_exported(path, backend, threads, precision, **options)

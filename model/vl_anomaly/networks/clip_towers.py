@@ -11,6 +11,7 @@ Shapes: P prompts, L = context length (77), W = text width, D = joint embedding 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +23,43 @@ from ..errors import ConfigError, WeightsError
 #: OpenAI CLIP image normalisation (open_clip's OPENAI_DATASET_MEAN / STD), RGB in [0, 1].
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def hub_unreachable(name: str, tag: str, timeout_s: float = 2.0) -> str | None:
+    """Why open_clip's ``pretrained=tag`` for model ``name`` cannot be had right now, or None when it can (the
+    weights are in the local hub cache, the host answers, or open_clip knows no such tag and will say so itself).
+
+    One TCP connection attempt (``timeout_s``) to the download host (the Hugging Face endpoint, or the tag's URL):
+    on machines without a model hub the hub client would otherwise spend about 50 s in retries before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg or cfg.get("file"):
+        return None
+    if cfg.get("hf_hub"):
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        model_id, filename = os.path.split(cfg["hf_hub"])
+        for candidate in dict.fromkeys(filter(None, (filename, "open_clip_model.safetensors",
+                                                     "open_clip_pytorch_model.bin"))):
+            if isinstance(try_to_load_from_cache(model_id, candidate), str):
+                return None
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    else:
+        url = cfg.get("url", "")
+        if not url:
+            return None
+        if (Path.home() / ".cache" / "clip" / os.path.basename(urlparse(url).path)).is_file():
+            return None                                             # open_clip's URL download cache
+        host = urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"the model hub ({host}) is not reachable ({exc})"
+    return None
 
 
 class FrozenCLIP(nn.Module):
@@ -63,11 +101,16 @@ class FrozenCLIP(nn.Module):
         if pretrained is not None and Path(str(pretrained)).suffix in (".pt", ".pth", ".bin", ".safetensors") \
                 and not Path(str(pretrained)).is_file():
             raise WeightsError(f"CLIP checkpoint {pretrained} does not exist")
+        advice = "Without a model hub, pass a local checkpoint file (pretrained=/path/to/open_clip_model.bin)"
+        if pretrained is not None and not Path(str(pretrained)).is_file():
+            offline = hub_unreachable(name, str(pretrained))
+            if offline is not None:                  # fail now, not after the hub client's retries (~50 s)
+                raise WeightsError(f"cannot create CLIP {name!r} with pretrained={pretrained!r}: {offline}, and the "
+                                   f"weights are not in the local cache. {advice}")
         try:
             model = open_clip.create_model(name, pretrained=None if pretrained is None else str(pretrained))
         except Exception as exc:                                          # noqa: BLE001 — hub, cache or file errors
-            raise WeightsError(f"cannot create CLIP {name!r} with pretrained={pretrained!r}: {exc}. Without a "
-                               "model hub, pass a local checkpoint file (pretrained=/path/to/open_clip_model.bin)")
+            raise WeightsError(f"cannot create CLIP {name!r} with pretrained={pretrained!r}: {exc}. {advice}")
         return cls(model, open_clip.get_tokenizer(name))
 
     def train(self, mode: bool = True) -> "FrozenCLIP":
