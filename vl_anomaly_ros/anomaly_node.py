@@ -29,7 +29,10 @@ while subscribed — ``~/obstacles`` (vl_anomaly_msgs/ObstacleArray) and ``/diag
 accept ``qos_overrides.<topic>.subscription.<policy>`` parameters (rclpy's QoS overriding).
 
 Services: ``~/enable`` (std_srvs/SetBool) pauses inference without tearing down the model (frames are counted as
-dropped, reason ``disabled``) and resumes it; the lifecycle services of every lifecycle node.
+dropped, reason ``disabled``) and resumes it; ``~/set_vocabulary`` (vl_anomaly_msgs/SetVocabulary) changes a VL
+model's known classes and anomaly prompts on the model thread between frames (text embeddings recomputed once;
+the vocabulary in use is in the parameters ``vocabulary.known_classes`` / ``vocabulary.anomaly_prompts``, which
+only the service changes); the lifecycle services of every lifecycle node.
 
 Messages the core logs (``logging`` logger ``vl_anomaly``: an ONNX export or TensorRT engine build on first start)
 go to the node's log; a TensorRT engine build is also shown in ``/diagnostics`` while configure waits for it.
@@ -49,14 +52,16 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
                        qos_profile_system_default)
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 from visualization_msgs.msg import MarkerArray
@@ -66,6 +71,7 @@ from vl_anomaly.factory import create_predictor
 from vl_anomaly.io import score_png_range
 from vl_anomaly.visualize import overlay as draw_overlay
 from vl_anomaly_msgs.msg import ObstacleArray
+from vl_anomaly_msgs.srv import SetVocabulary
 
 from . import params as P
 from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, compressed_msg_to_rgb,
@@ -79,6 +85,11 @@ from .shutdown import ShutdownSignals
 from .stats import FrameStats, diagnostic_values, frame_status
 
 NODE_NAME = "vl_anomaly"
+#: parameters that show a VL model's vocabulary (changed only by ~/set_vocabulary) → key in the predictor's vocabulary
+VOCABULARY_PARAMS = {"vocabulary.known_classes": "known_classes", "vocabulary.anomaly_prompts": "anomaly_prompts"}
+VOCABULARY_DESCRIPTIONS = {
+    "known_classes": "VL models: the known class names the prompts describe (read-only: change with ~/set_vocabulary)",
+    "anomaly_prompts": "VL models: anomaly prompts of the CLIP crop score (read-only: change with ~/set_vocabulary)"}
 #: a header stamp this much later than the previous frame's is counted as a jump (diagnostics events.stamp_jump)
 STAMP_JUMP_S = 1.0
 
@@ -142,6 +153,9 @@ class AnomalyNode(LifecycleNode):
         self._active = False
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
+        self._vocabulary_service = self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary)
+        self._setting_vocabulary = False          # the vocabulary.* parameters change only through the service
+        self._vocabulary_summary = ""
         self._core_log = _CoreLogBridge(self)
         logging.getLogger("vl_anomaly").addHandler(self._core_log)
         logging.getLogger("vl_anomaly").setLevel(logging.INFO)
@@ -159,6 +173,12 @@ class AnomalyNode(LifecycleNode):
         for parameter in parameters:
             if parameter.name.startswith("qos_overrides."):      # declared read-only by rclpy, checked by it
                 continue
+            if parameter.name in VOCABULARY_PARAMS:
+                if self._setting_vocabulary:
+                    continue
+                reason = f"{parameter.name} shows the vocabulary in use; change it with the ~/set_vocabulary service"
+                self.get_logger().warning(f"rejected parameter {parameter.name}: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
             reason = P.validate(parameter.name, parameter.value)
             if reason is not None:
                 self.get_logger().warning(f"rejected parameter {parameter.name}={parameter.value!r}: {reason}")
@@ -177,6 +197,64 @@ class AnomalyNode(LifecycleNode):
 
     def _apply_queue_params(self) -> None:
         self.queue.configure(self.param("queue_policy"), self.param("queue_depth"))
+
+    def _publish_vocabulary(self) -> None:
+        """Mirror the predictor's vocabulary in the ``vocabulary.*`` parameters and the diagnostics summary."""
+        vocabulary = self.predictor.vocabulary if self.predictor is not None else None
+        if vocabulary is None:
+            self._vocabulary_summary = ""
+            return
+        self._setting_vocabulary = True
+        try:
+            for name, key in VOCABULARY_PARAMS.items():
+                if not self.has_parameter(name):
+                    self.declare_parameter(name, Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+                        description=VOCABULARY_DESCRIPTIONS[key]))
+                self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, list(vocabulary[key]))])
+        finally:
+            self._setting_vocabulary = False
+        self._vocabulary_summary = (f"{len(vocabulary['known_classes'])} known classes, "
+                                    f"{len(vocabulary['anomaly_prompts'])} anomaly prompts")
+
+    async def _on_set_vocabulary(self, request: SetVocabulary.Request,
+                                 response: SetVocabulary.Response) -> SetVocabulary.Response:
+        """``~/set_vocabulary``: checked here, applied on the model thread between frames (frames arriving meanwhile
+        wait in the queue and are counted as usual); the executor keeps serving while it runs."""
+        predictor = self.predictor
+        response.success = False
+        if predictor is None:
+            response.message = "the node is not configured (no model loaded)"
+            return response
+        if predictor.vocabulary is None:
+            response.message = (f"model {predictor.name} is a plain segmenter: its classes are fixed by its weights "
+                                "and it has no vocabulary to change; vocabularies belong to the VL models")
+            return response
+        known = list(request.known_classes) or None
+        anomaly = [] if request.clear_anomaly_prompts else (list(request.anomaly_prompts) or None)
+        done = Future()
+        received = self.stats.snapshot()["received"]
+        try:
+            self.worker.submit(lambda: predictor.set_vocabulary(known, anomaly), "changing the vocabulary",
+                               lambda result, error: done.set_result((result, error)))
+        except Exception as exc:                                           # noqa: BLE001 — worker stopped
+            response.message = str(exc)
+            return response
+        result, error = await done
+        vocabulary = predictor.vocabulary
+        response.known_classes, response.anomaly_prompts = vocabulary["known_classes"], vocabulary["anomaly_prompts"]
+        if error is not None:
+            response.message = str(error)
+            self.get_logger().warning(f"~/set_vocabulary refused: {error}")
+            return response
+        self._publish_vocabulary()
+        self.stats.on_event("vocabulary_changed")
+        during = self.stats.snapshot()["received"] - received
+        response.success, response.seconds = True, float(result["seconds"])
+        response.message = (f"vocabulary changed in {result['seconds']:.2f} s: {self._vocabulary_summary}; "
+                            f"{during} frames arrived meanwhile (queued, counted as usual)")
+        self.get_logger().info(f"~/set_vocabulary: {response.message}; known classes {vocabulary['known_classes']}, "
+                               f"anomaly prompts {vocabulary['anomaly_prompts']}")
+        return response
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         """``~/enable``: false pauses inference (model kept; frames counted as dropped, reason ``disabled``),
@@ -255,6 +333,7 @@ class AnomalyNode(LifecycleNode):
         }
         desc = self.predictor.describe()
         self._runs_on = desc["runs_on"]
+        self._publish_vocabulary()
         self.get_logger().info(
             f"configured in {time.perf_counter() - start:.1f} s: model {desc['model']}, score {desc['score']}, "
             f"threshold {desc['postprocess']['threshold']}, device {desc['device']}, "
@@ -476,6 +555,7 @@ class AnomalyNode(LifecycleNode):
         values = diagnostic_values(snap, {"queue_policy": self.param("queue_policy"), "model": self.param("model"),
                                           "score": self._score_name(), "enabled": self.enabled,
                                           "runs_on": " ".join(self._runs_on),
+                                          "vocabulary": self._vocabulary_summary,
                                           "camera_info": self._camera_info_state})
         status = DiagnosticStatus(level=getattr(DiagnosticStatus, level),
                                   name=f"{self.get_fully_qualified_name()}: frames", message=message,

@@ -74,6 +74,13 @@ class ModelWorker:
             raise box["error"]
         return box.get("result")
 
+    def submit(self, fn: Callable[[], Any], what: str, on_done: Callable[[Any, BaseException | None], None]) -> None:
+        """Queue ``fn`` for the worker thread without waiting; ``on_done(result, error)`` is called on the worker
+        thread when it has run (between frames, like every job)."""
+        if not self.alive():
+            raise WorkerStopped(f"the model thread has stopped; cannot run: {what}")
+        self._jobs.put((fn, what, None, {"on_done": on_done}))
+
     def enable_frames(self) -> None:
         """Start taking frames from the queue."""
         self._frames_enabled.set()
@@ -113,7 +120,10 @@ class ModelWorker:
                 except BaseException as exc:                       # noqa: BLE001 — handed to the caller
                     box["error"] = exc
                 self.doing = "idle"
-                done.set()
+                if done is not None:
+                    done.set()
+                else:
+                    box["on_done"](box.get("result"), box.get("error"))
                 continue
             if not self._frames_enabled.is_set():
                 time.sleep(0.02)

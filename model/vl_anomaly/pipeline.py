@@ -22,7 +22,7 @@ from torch import nn
 from .cpu import flush_to_zero
 from .defaults import DEFAULT_SCORE
 from .deploy.runners import providers_in_use
-from .errors import VLAnomalyError
+from .errors import ConfigError, VLAnomalyError
 from .postprocess import Obstacle, PostprocessCfg, postprocess
 from .preprocess import PreprocessCfg, preprocess, validate_image
 from .scores import ScoreContext, ScoringCfg, check_score_fits
@@ -126,6 +126,28 @@ class AnomalyPredictor:
         timings["total"] = (t2 - t0) * 1e3
         return Prediction(score_map=score_map, semantic=semantic, obstacle_mask=mask, obstacles=obstacles,
                           drivable=drivable, timings_ms=timings)
+
+    @property
+    def vocabulary(self) -> dict | None:
+        """``{"known_classes": [...], "anomaly_prompts": [...]}`` of a VL model, None for a plain segmenter."""
+        if not getattr(self.model, "is_vision_language", False):
+            return None
+        return {"known_classes": list(self.model.known_classes),
+                "anomaly_prompts": list(getattr(self.model, "anomaly_prompts", ()))}
+
+    def set_vocabulary(self, known_classes: list[str] | None = None,
+                       anomaly_prompts: list[str] | None = None) -> dict:
+        """Change a VL model's known classes and/or anomaly prompts (``None`` keeps that part); the text
+        embeddings are recomputed here, once. Plain segmenters and exported VL models refuse with the reason.
+        Returns the new vocabulary and the seconds it took."""
+        if not getattr(self.model, "is_vision_language", False):
+            raise ConfigError(f"model {self.name} is a plain segmenter: its classes are fixed by its weights and it "
+                              "has no vocabulary to change; vocabularies belong to the VL models "
+                              "(vl-anomaly list-models: family vl_anomaly)")
+        try:
+            return self.model.set_vocabulary(known_classes, anomaly_prompts)
+        except ValueError as exc:
+            raise ConfigError(f"vocabulary not changed: {exc}") from exc
 
     def describe(self) -> dict:
         """Settings of this predictor, for reports and summaries."""

@@ -360,8 +360,10 @@ def _clip_crops_score(ctx: ScoreContext) -> torch.Tensor:
     ctx.require("vl", "clip_crops")
     ctx.require("image", "clip_crops")
     detector = ctx.map(ctx.cfg.detector)
+    anomaly_text = ctx.model.anomaly_text_embeddings() if hasattr(ctx.model, "anomaly_text_embeddings") else None
     score, _ = clip_crop_score(ctx.image, detector, ctx.model.clip, ctx.model.crop_text_embeddings(),
-                               get_score(ctx.cfg.detector).default_threshold, max_crops=int(ctx.cfg.max_crops))
+                               get_score(ctx.cfg.detector).default_threshold, max_crops=int(ctx.cfg.max_crops),
+                               anomaly_text=anomaly_text)
     return torch.from_numpy(score)[None]
 
 

@@ -5,8 +5,10 @@
   pixel term alone.
 * :func:`clip_crop_score`: anomaly candidates (connected regions of the detector score above a threshold, largest
   first, at most ``max_crops``) are cropped with 10 % padding, resized to CLIP's input (long side, padded
-  square), encoded in **one batch**, compared with handcrafted, template-ensembled class prompts;
-  ``a = 1 − max_k softmax(100 · cos(crop, t_k))`` is painted on the region, 0 elsewhere.
+  square), encoded in **one batch**, compared with handcrafted, template-ensembled class prompts ``t_1 … t_K`` and
+  the anomaly prompts ``u_1 … u_A`` (run-time vocabulary; none by default):
+  ``a = 1 − max_k softmax_j(100 · cos(crop, [t; u]_j))_k`` over the known classes ``k ≤ K`` is painted on the
+  region, 0 elsewhere (a crop that matches an anomaly prompt takes probability from every known class).
 
 With random CLIP weights (all our machines can have) both scores are meaningless numbers: the code runs end to
 end, but no result may be reported from it.
@@ -52,13 +54,14 @@ def _crop_square(image: np.ndarray, box: tuple[int, int, int, int], size: int, p
 
 @torch.no_grad()
 def clip_crop_score(image: np.ndarray, detector_score: np.ndarray, clip: FrozenCLIP, class_text: torch.Tensor,
-                    threshold: float, max_crops: int = 20, min_area_frac: float = 0.001, pad: float = 0.1
-                    ) -> tuple[np.ndarray, int]:
+                    threshold: float, max_crops: int = 20, min_area_frac: float = 0.001, pad: float = 0.1,
+                    anomaly_text: torch.Tensor | None = None) -> tuple[np.ndarray, int]:
     """CLIP image–text anomaly of candidate regions.
 
     Args:
         image: ``(H, W, 3)`` RGB uint8. detector_score: ``(H, W)`` float (higher = more anomalous).
-        clip: frozen CLIP; class_text: ``(K, D)`` handcrafted class embeddings.
+        clip: frozen CLIP; class_text: ``(K, D)`` handcrafted class embeddings; anomaly_text: ``(A, D)`` anomaly
+            prompt embeddings or None.
         threshold: detector score at which a pixel is a candidate; max_crops: cap on regions (largest first);
         min_area_frac: smallest region, fraction of the image; pad: box margin.
     Returns: ``(H, W)`` float32 in [0, 1] and the number of crops encoded.
@@ -78,8 +81,9 @@ def clip_crop_score(image: np.ndarray, detector_score: np.ndarray, clip: FrozenC
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
     embeddings = clip.encode_images((batch - mean) / std)                                 # (R, D), one forward
-    probs = (100.0 * embeddings @ F.normalize(class_text, dim=-1).T).softmax(dim=-1)
-    anomaly = (1.0 - probs.amax(dim=-1)).cpu().numpy()
+    texts = class_text if anomaly_text is None else torch.cat([class_text, anomaly_text.to(device)])
+    probs = (100.0 * embeddings @ F.normalize(texts, dim=-1).T).softmax(dim=-1)
+    anomaly = (1.0 - probs[:, : class_text.shape[0]].amax(dim=-1)).cpu().numpy()
     for region, value in zip(regions, anomaly):
         out[labels == region] = value
     return out, len(regions)

@@ -200,3 +200,79 @@ def test_clip_weights_by_configuration_alone(tiny_vl_model, clip, tmp_path, monk
     torch.testing.assert_close(model.clip.encode_text(["a deer on the road."]), clip.encode_text(["a deer on the road."]))
     with pytest.raises(WeightsError, match="does not exist"):
         create_model(tiny_vl_model, weights="untrained", clip_weights=tmp_path / "missing.pt")
+
+
+def test_anomaly_prompts_take_probability_from_the_known_classes(clip, road_obstacle_image):
+    """The crop score with anomaly prompts: a = 1 − max over the known classes of the softmax over known + anomaly
+    prompts, computed by hand from the same embeddings."""
+    import torch.nn.functional as F
+
+    from vl_anomaly.vl_scores import _crop_square
+    from vl_anomaly.networks.clip_towers import CLIP_MEAN, CLIP_STD
+
+    image = road_obstacle_image[::4, ::4].copy()
+    detector = np.zeros(image.shape[:2], np.float32)
+    detector[20:60, 20:60] = 0.9
+    known = template_text_embeddings(clip, ["road", "car"])
+    anomaly = clip.encode_text(["an animal on the road", "debris"])
+    with_prompts, _ = clip_crop_score(image, detector, clip, known, 0.5, min_area_frac=0.0, anomaly_text=anomaly)
+    without, _ = clip_crop_score(image, detector, clip, known, 0.5, min_area_frac=0.0)
+    crop = torch.from_numpy(_crop_square(image, (20, 20, 40, 40), 64, 0.1)).permute(2, 0, 1)[None].float() / 255
+    crop = (crop - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    e = clip.encode_images(crop)
+    probs = (100.0 * e @ F.normalize(torch.cat([known, anomaly]), dim=-1).T).softmax(-1)[0]
+    assert with_prompts[30, 30] == pytest.approx(float(1 - probs[:2].max()), abs=1e-5)
+    assert with_prompts[30, 30] >= without[30, 30] - 1e-6            # anomaly prompts can only take mass away
+
+
+def test_run_time_vocabulary(tiny_vl_model, road_obstacle_image):
+    """Known classes and anomaly prompts change without rebuilding the model: the text embeddings are recomputed
+    once (K' rows), the learned context is kept, every score runs with the new vocabulary; bad vocabularies and
+    plain segmenters are refused with the reason."""
+    from vl_anomaly import ConfigError, create_predictor
+
+    image = road_obstacle_image[::4, ::4].copy()
+    torch.manual_seed(0)
+    predictor = create_predictor(tiny_vl_model, weights="untrained", score="fused", input_size=(128, 256))
+    model = predictor.model
+    assert predictor.vocabulary["known_classes"][:2] == ["road", "sidewalk"] and len(model.text_embeddings) == 19
+    context = model.prompts.ctx.detach().clone()
+    before, _, _ = predictor.score_maps(image, ["text_guided"])
+    changed = predictor.set_vocabulary(["road", "sidewalk", "car", "person", "traffic cone"],
+                                       ["an animal on the road", "a lost cargo box"])
+    assert changed["known_classes"][-1] == "traffic cone" and changed["seconds"] >= 0
+    assert model.text_embeddings.shape == (5, 64) and bool(model.text_cache_valid)
+    assert model.crop_text_embeddings().shape == (5, 64) and model.anomaly_text_embeddings().shape == (2, 64)
+    torch.testing.assert_close(model.prompts.ctx, context)                      # no training, same context
+    calls = []
+    original = model.clip.encode_prompt_embeddings
+    model.clip.encode_prompt_embeddings = lambda *a: calls.append(1) or original(*a)
+    maps, _, _ = predictor.score_maps(image, ["text_guided", "clip_crops", "fused"])
+    maps, _, _ = predictor.score_maps(image, ["text_guided"])
+    assert calls == []                                                          # not recomputed per frame
+    assert all(np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1 for m in maps.values())
+    assert not np.array_equal(maps["text_guided"], before["text_guided"])        # K' = 5 classes now
+    predictor.set_vocabulary(anomaly_prompts=[])                               # one part at a time
+    assert predictor.vocabulary["anomaly_prompts"] == [] and len(predictor.vocabulary["known_classes"]) == 5
+    for known, anomaly, match in [([], None, "at least one known class"), (["road", "road"], None, "duplicate"),
+                                  (["road", ""], None, "empty entries"), (None, ["road"], "both known classes"),
+                                  ("road", None, "list of strings")]:
+        with pytest.raises(ConfigError, match=match):
+            predictor.set_vocabulary(known, anomaly)
+    assert len(predictor.vocabulary["known_classes"]) == 5                      # a refused change changes nothing
+    with pytest.raises(ConfigError, match="plain segmenter: its classes are fixed by its weights"):
+        create_predictor("espnetv2_s2.0_cityscapes", input_size=(64, 128)).set_vocabulary(["road"])
+
+
+def test_vocabulary_flags_of_predict(tiny_vl_model, road_obstacle_image, tmp_path, tiny_vl_config_dir, monkeypatch):
+    import cv2
+
+    from vl_anomaly.cli import main
+
+    monkeypatch.setenv("VL_ANOMALY_MODEL_CONFIGS", str(tiny_vl_config_dir))
+    cv2.imwrite(str(tmp_path / "frame.png"), road_obstacle_image[::4, ::4, ::-1])
+    assert main(["predict", str(tmp_path / "frame.png"), "-o", str(tmp_path / "out"), "--model", tiny_vl_model,
+                 "--weights", "untrained", "--clip-weights", "none", "--score", "clip_crops", "--input-size", "128",
+                 "256", "--known-classes", "road", "car", "--anomaly-prompts", "a deer", "--save", "json"]) == 0
+    assert main(["predict", str(tmp_path / "frame.png"), "-o", str(tmp_path / "out2"), "--model",
+                 "espnetv2_s2.0_cityscapes", "--input-size", "64", "128", "--known-classes", "road"]) == 2

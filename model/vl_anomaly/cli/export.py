@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..deploy import ExportRecord, export_model, vl_companion_paths
 from ..factory import create_model, get_preprocess_cfg
 from ..registry import list_models
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size of the graph (default: the weights' training size)")
     parser.add_argument("-o", "--output", default=None, help="ONNX file (default outputs/export/<model>.<H>x<W>.onnx)")
+    parser.add_argument("--known-classes", nargs="+", default=None, metavar="NAME",
+                        help="VL models: export with these known classes (the class text is a constant of the graph)")
 
 
 def _describe(path: Path, record: ExportRecord) -> None:
@@ -45,8 +48,12 @@ def main(args: argparse.Namespace) -> int:
         from ..deploy.tensorrt_runner import import_tensorrt
 
         import_tensorrt()                                   # fail before minutes of export work
-    record = export_model(create_model(args.model, weights=args.weights), out, tuple(size), name=args.model,
-                          weights=str(args.weights))
+    model = create_model(args.model, weights=args.weights)
+    if args.known_classes is not None:
+        if not getattr(model, "is_vision_language", False):
+            raise ConfigError(f"--known-classes: {args.model} is a plain segmenter; its classes are fixed by its weights")
+        model.eval().set_vocabulary(args.known_classes)
+    record = export_model(model, out, tuple(size), name=args.model, weights=str(args.weights))
     _describe(out, record)
     if record.kind == "vl_anomaly":
         clip_path, text_path = vl_companion_paths(out)

@@ -68,16 +68,26 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VL models: CLIP weights ('default': the registered record, SHA-256 checked; a local "
                              "open_clip/OpenAI checkpoint; 'none': random). Default: $VL_ANOMALY_CLIP_WEIGHTS, "
                              "else 'default'")
+    parser.add_argument("--known-classes", nargs="+", default=None, metavar="NAME",
+                        help="VL models: the known classes the text prompts describe (default: the model's, the 19 "
+                             "Cityscapes classes); e.g. --known-classes road sidewalk car person 'traffic cone'")
+    parser.add_argument("--anomaly-prompts", nargs="+", default=None, metavar="PHRASE",
+                        help="VL models: phrases that compete with the known classes in the CLIP crop score, e.g. "
+                             "'an animal on the road' 'debris on the road' (default: none)")
 
 
 def build_predictor(args: argparse.Namespace) -> AnomalyPredictor:
     set_threads(args.threads or 0)
-    return create_predictor(args.model, weights=args.weights, score=args.score, threshold=args.threshold,
-                            device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
-                            min_area_px=args.min_area, drivable_only=args.drivable_only,
-                            drivable_margin_px=args.drivable_margin, backend=args.backend,
-                            onnx_path=args.onnx, precision=args.precision, fusion=args.fusion,
-                            clip_weights=args.clip_weights)
+    predictor = create_predictor(args.model, weights=args.weights, score=args.score, threshold=args.threshold,
+                                 device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
+                                 min_area_px=args.min_area, drivable_only=args.drivable_only,
+                                 drivable_margin_px=args.drivable_margin, backend=args.backend,
+                                 onnx_path=args.onnx, precision=args.precision, fusion=args.fusion,
+                                 clip_weights=args.clip_weights)
+    known, anomaly = getattr(args, "known_classes", None), getattr(args, "anomaly_prompts", None)
+    if known is not None or anomaly is not None:
+        predictor.set_vocabulary(known, anomaly)
+    return predictor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,6 +105,21 @@ class ExportedVLModel(ExportedSegmenter):
     def crop_text_embeddings(self) -> torch.Tensor:
         return self.crop_text
 
+    @property
+    def known_classes(self) -> tuple[str, ...]:
+        return self.class_names
+
+    anomaly_prompts: tuple[str, ...] = ()
+
+    def anomaly_text_embeddings(self) -> None:
+        return None
+
+    def set_vocabulary(self, known_classes=None, anomaly_prompts=None) -> dict:
+        raise ConfigError(f"the vocabulary of the exported VL model {self.path.name} is fixed at export: its class "
+                          "text is a constant of the graph and no CLIP text tower runs on the target. Change it "
+                          "on the PyTorch model and export again (vl-anomaly export --known-classes ...); anomaly prompts are not part of "
+                          "exports yet")
+
     def forward(self, pixel_values: torch.Tensor):
         out = self._run(pixel_values)
         s_pix, s_mask = out.pop("s_pix"), out.pop("s_mask", None)

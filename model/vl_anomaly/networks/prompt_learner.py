@@ -28,16 +28,22 @@ class PromptLearner(nn.Module):
         super().__init__()
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be ≥ 1, got {n_ctx}")
-        self.class_names = list(class_names)
         self.n_ctx = n_ctx
-        prompts = [" ".join(["X"] * n_ctx) + f" {name.replace('_', ' ')}." for name in self.class_names]
+        self.set_class_names(clip, class_names)
+        self.ctx = nn.Parameter(torch.randn(n_ctx, clip.text_width, device=self.tokens.device) * init_std)
+
+    @torch.no_grad()
+    def set_class_names(self, clip: FrozenCLIP, class_names: list[str] | tuple[str, ...]) -> None:
+        """Tokenise the prompts of ``class_names`` (K' names) around the same learned context: CoOp's context is
+        shared by all classes, so a changed vocabulary needs no training (how well it transfers to names never seen
+        in training is an empirical question; docs/method.md)."""
+        self.class_names = list(class_names)
+        prompts = [" ".join(["X"] * self.n_ctx) + f" {name.replace('_', ' ')}." for name in self.class_names]
         tokens = clip.tokenize(prompts)                                          # (K, L)
-        with torch.no_grad():
-            embedded = clip.token_embeddings(tokens)                             # (K, L, W)
+        embedded = clip.token_embeddings(tokens)                                 # (K, L, W)
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)        # SOT
-        self.register_buffer("suffix", embedded[:, 1 + n_ctx:].clone(), persistent=False)  # class, ".", EOT, pad
-        self.ctx = nn.Parameter(torch.randn(n_ctx, clip.text_width) * init_std)
+        self.register_buffer("suffix", embedded[:, 1 + self.n_ctx:].clone(), persistent=False)  # class, ".", EOT
 
     def forward(self, clip: FrozenCLIP) -> torch.Tensor:
         """``(K, D)`` L2-normalised class text embeddings; differentiable w.r.t. ``ctx``."""

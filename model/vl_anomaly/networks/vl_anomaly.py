@@ -20,9 +20,38 @@ from .pl_aligner import MaskTextAligner, PixelTextAligner
 from .prompt_learner import PromptLearner
 
 
+def check_vocabulary(known_classes, anomaly_prompts, max_words: int = 20) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Validated ``(known_classes, anomaly_prompts)``: non-empty, stripped, unique strings of at most ``max_words``
+    words; at least one known class. Raises :class:`ValueError` saying what was wrong."""
+    def clean(values, what: str) -> tuple[str, ...]:
+        if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{what} must be a list of strings; got {values!r}")
+        out = tuple(v.strip() for v in values)
+        bad = [v for v in out if not v or len(v.split()) > max_words]
+        if bad:
+            raise ValueError(f"{what}: empty entries or entries of more than {max_words} words are not accepted: "
+                             f"{bad!r}")
+        duplicates = sorted({v for v in out if out.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"{what}: duplicate entries {duplicates!r}")
+        return out
+
+    known, anomaly = clean(known_classes, "known classes"), clean(anomaly_prompts, "anomaly prompts")
+    if not known:
+        raise ValueError("the vocabulary needs at least one known class")
+    overlap = sorted(set(known) & set(anomaly))
+    if overlap:
+        raise ValueError(f"{overlap!r} are both known classes and anomaly prompts")
+    return known, anomaly
+
+
 class VLAnomalyModel(nn.Module):
     """Args: segmenter (with ``feature_channels`` and ``has_mask_queries``), frozen CLIP, class names,
-    prompt context length, attention heads, temperature, whether the segmenter is frozen."""
+    prompt context length, attention heads, temperature, whether the segmenter is frozen.
+
+    The **vocabulary** (known class names and anomaly prompts) can change at run time (:meth:`set_vocabulary`):
+    the text embeddings are recomputed once per change, never per frame. The segmenter's own classes (the
+    detector) are fixed by its weights."""
 
     #: Marks the vision-language models (this one and its exported form, :class:`vl_anomaly.deploy.ExportedVLModel`)
     #: for :class:`~vl_anomaly.pipeline.AnomalyPredictor`.
@@ -48,6 +77,48 @@ class VLAnomalyModel(nn.Module):
         self.register_buffer("text_cache_valid", torch.zeros((), dtype=torch.bool))
         self.has_mask_queries = getattr(segmenter, "has_mask_queries", False)
         self._crop_text: torch.Tensor | None = None
+        self.anomaly_prompts: tuple[str, ...] = ()
+        self._anomaly_text: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def known_classes(self) -> tuple[str, ...]:
+        return tuple(self.prompts.class_names)
+
+    @torch.no_grad()
+    def set_vocabulary(self, known_classes: list[str] | tuple[str, ...] | None = None,
+                       anomaly_prompts: list[str] | tuple[str, ...] | None = None) -> dict:
+        """Change the known classes (``K'`` names; the learned prompt context is shared, so no training is needed)
+        and/or the anomaly prompts (phrases such as "an animal on the road" that compete with the known classes in
+        the CLIP crop score). ``None`` keeps that part. Every text embedding of the new vocabulary is computed
+        here, once. Returns ``{"known_classes", "anomaly_prompts", "seconds"}``."""
+        import time
+
+        start = time.perf_counter()
+        known, anomaly = check_vocabulary(self.known_classes if known_classes is None else known_classes,
+                                          self.anomaly_prompts if anomaly_prompts is None else anomaly_prompts)
+        if known != self.known_classes:
+            self.prompts.set_class_names(self.clip, known)
+            self.text_embeddings = torch.zeros(len(known), self.clip.embed_dim, device=self.text_embeddings.device)
+            self.text_cache_valid.fill_(False)
+            self._crop_text = None
+        if anomaly != self.anomaly_prompts:
+            self.anomaly_prompts, self._anomaly_text = anomaly, None
+        if not self.training:
+            self.refresh_text_cache()
+        self.crop_text_embeddings()
+        self.anomaly_text_embeddings()
+        return {"known_classes": list(known), "anomaly_prompts": list(anomaly),
+                "seconds": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def anomaly_text_embeddings(self) -> torch.Tensor | None:
+        """``(A, D)`` CLIP embeddings of the anomaly prompts (each prompt as written), or None without any."""
+        if not self.anomaly_prompts:
+            return None
+        if self._anomaly_text is None:
+            self._anomaly_text = self.clip.encode_text(list(self.anomaly_prompts))
+        return self._anomaly_text.to(self.text_embeddings.device)
 
     def set_segmenter_trainable(self, trainable: bool) -> None:
         """Unfreeze (or freeze) the segmenter; CLIP stays frozen either way."""
