@@ -159,7 +159,10 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
     if "members" in cfg:
         return _create_ensemble(name, cfg, weights, device)
     composite = "segmenter" in cfg or "clip" in cfg
-    if composite and weights == "default" and (record is None or record.filename is None):
+    zero_shot = bool(cfg.get("arch", {}).get("zero_shot", False))
+    if zero_shot and weights == "default":
+        weights = "untrained"              # a zero-shot model uses its components' weights and no trained head
+    elif composite and weights == "default" and (record is None or record.filename is None):
         raise WeightsError(f"{name}: no trained {cfg['family']} head is registered (none can be trained on our "
                            "machines: no pretrained CLIP / Cityscapes). Pass a head checkpoint (.safetensors), or "
                            "weights='untrained' to run an untrained head (scores meaningless)")
@@ -176,7 +179,8 @@ def create_model(name: str, weights: str | Path | None = "default", device: str 
     if weights is None:
         _LOG.warning("model %s uses random weights: its scores are meaningless", name)
     elif weights == "untrained" and composite:
-        _LOG.warning("%s: its own head is untrained: text and CLIP scores are meaningless", name)
+        if not zero_shot:
+            _LOG.warning("%s: its own head is untrained: text and CLIP scores are meaningless", name)
     elif composite:
         _load_own_weights(model, name, Path(weights).expanduser(), components)
     elif weights == "default":

@@ -436,6 +436,9 @@ def check_score_fits(name: str, model: Any, cfg: ScoringCfg, model_name: str = "
         if source_spec.needs_vl and not getattr(model, "is_vision_language", False):
             raise ConfigError(f"score {source!r} needs a vision-language model (family vl_anomaly); {what} is a "
                               "plain segmenter")
+        if source == "text_guided" and getattr(model, "zero_shot", False):
+            raise ConfigError(f"score 'text_guided' needs a trained head; {what} is zero-shot (no trained head): its "
+                              "sources are the detector and clip_crops")
         if source_spec.needs_members and not getattr(model, "is_ensemble", False):
             raise ConfigError(f"score {source!r} needs an ensemble (family ensemble, e.g. lite_ensemble_cityscapes); "
                               f"{what} is a single network. Its scores: {', '.join(pixel_scores())}")

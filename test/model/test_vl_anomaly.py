@@ -276,3 +276,33 @@ def test_vocabulary_flags_of_predict(tiny_vl_model, road_obstacle_image, tmp_pat
                  "256", "--known-classes", "road", "car", "--anomaly-prompts", "a deer", "--save", "json"]) == 0
     assert main(["predict", str(tmp_path / "frame.png"), "-o", str(tmp_path / "out2"), "--model",
                  "espnetv2_s2.0_cityscapes", "--input-size", "64", "128", "--known-classes", "road"]) == 2
+
+
+def test_zero_shot_mode_needs_no_head(tiny_vl_config_dir, road_obstacle_image, tmp_path):
+    """The zero-shot arrangement (as vl_zero_shot_espnetv2_vitb16, with a tiny CLIP): 'default' weights need no head
+    checkpoint; its default score fuses the detector and the CLIP crops with the shipped anomaly prompts; the
+    text-guided score is refused (no trained head); the vocabulary changes at run time like any VL model's."""
+    import yaml
+
+    from vl_anomaly import ConfigError, add_model_config, create_predictor, get_model_config
+
+    cfg = get_model_config("vl_zero_shot_espnetv2_vitb16")
+    assert cfg["arch"]["zero_shot"] and cfg["score"] == "fused" and set(cfg["fusion"]["weights"]) == {"msp",
+                                                                                                    "clip_crops"}
+    cfg.pop("name")
+    cfg["clip"] = yaml.safe_load((tiny_vl_config_dir / "vl_tiny_test.yaml").read_text())["clip"]
+    cfg["arch"]["n_ctx"] = 4
+    (tmp_path / "vl_zero_shot_tiny.yaml").write_text(yaml.safe_dump(cfg))
+    add_model_config(tmp_path / "vl_zero_shot_tiny.yaml")
+    torch.manual_seed(0)
+    predictor = create_predictor("vl_zero_shot_tiny", input_size=(128, 256))      # weights="default": no head
+    assert predictor.score_name == "fused" and predictor.model.zero_shot
+    assert predictor.vocabulary["anomaly_prompts"] == cfg["arch"]["anomaly_prompts"]
+    image = road_obstacle_image[::4, ::4].copy()
+    maps, _, _ = predictor.score_maps(image, ["msp", "clip_crops", "fused"])
+    assert all(np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1 for m in maps.values())
+    assert maps["clip_crops"].max() > 0                                          # crops were found and scored
+    with pytest.raises(ConfigError, match="zero-shot \\(no trained head\\)"):
+        predictor.score_maps(image, ["text_guided"])
+    predictor.set_vocabulary(["road", "car"], ["a deer"])
+    assert predictor.model.anomaly_text_embeddings().shape == (1, 64)

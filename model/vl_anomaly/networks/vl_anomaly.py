@@ -58,8 +58,13 @@ class VLAnomalyModel(nn.Module):
     is_vision_language = True
 
     def __init__(self, segmenter: nn.Module, clip: FrozenCLIP, class_names: tuple[str, ...] = CITYSCAPES_CLASSES,
-                 n_ctx: int = 16, heads: int = 8, tau: float = 0.07, freeze_segmenter: bool = True) -> None:
+                 n_ctx: int = 16, heads: int = 8, tau: float = 0.07, freeze_segmenter: bool = True,
+                 zero_shot: bool = False, anomaly_prompts: tuple[str, ...] | list[str] = ()) -> None:
+        """``zero_shot``: no trained head is used — the sources are the segmenter's detector score and the CLIP crop
+        score with hand-crafted prompts (the head exists but its text-guided score is refused);
+        ``anomaly_prompts``: the initial anomaly prompts (:meth:`set_vocabulary`)."""
         super().__init__()
+        self.zero_shot = bool(zero_shot)
         self.segmenter = segmenter
         self.clip = clip
         self.prompts = PromptLearner(clip, list(class_names), n_ctx=n_ctx)
@@ -77,7 +82,7 @@ class VLAnomalyModel(nn.Module):
         self.register_buffer("text_cache_valid", torch.zeros((), dtype=torch.bool))
         self.has_mask_queries = getattr(segmenter, "has_mask_queries", False)
         self._crop_text: torch.Tensor | None = None
-        self.anomaly_prompts: tuple[str, ...] = ()
+        self.anomaly_prompts: tuple[str, ...] = check_vocabulary(class_names, anomaly_prompts)[1]
         self._anomaly_text: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ vocabulary
