@@ -358,8 +358,9 @@ class AnomalyNode(LifecycleNode):
         self.queue.reopen()
         self.worker.enable_frames()
         self._active = True
-        self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}: {qos.reliability.name.lower()}"
-                               f", depth {qos.depth}, queue policy {self.param('queue_policy')})")
+        self.get_logger().info(f"active: subscribed {image_topic} ({self.param('input_qos')}: "
+                               f"{qos.reliability.name.lower()}, depth {qos.depth}, queue policy "
+                               f"{self.param('queue_policy')})")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
