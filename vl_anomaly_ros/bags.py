@@ -179,8 +179,9 @@ def scan_mcap(path: Path) -> McapScan:
     which needs no summary section (a truncated file has none).
 
     Returns every complete message record up to the first incomplete or unreadable record, as ``(topic, message
-    type, log time ns, CDR bytes)``, and the message definitions stored in the file (:class:`McapScan`). Chunks are read whole (compressed
-    ones too: zstd and lz4) and their CRCs checked, so a cut-off or damaged chunk contributes nothing.
+    type, log time ns, CDR bytes)``, and the message definitions stored in the file (:class:`McapScan`). Chunks are
+    read whole (compressed ones too: zstd and lz4) and their CRCs checked, so a cut-off or damaged chunk
+    contributes nothing.
     ``bytes_used`` is the end of the last complete top-level record.
     """
     from mcap.records import Channel, Footer, Message, Schema
