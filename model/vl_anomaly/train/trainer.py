@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ..cpu import flush_to_zero, set_threads
 from ..errors import ConfigError
 from ..factory import create_model, get_preprocess_cfg
 from .data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
@@ -160,6 +161,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
     """Run (or resume) a training; returns ``{"iteration", "losses": [per step of this call], "output"}``.
     ``max_steps`` stops after that many iterations of this call (time-sliced jobs; a checkpoint is written)."""
     rank, world, device = _distributed()
+    set_threads(0)                              # torch's OpenMP workers created with flush-to-zero (cpu.py)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, weights=cfg.weights, device=str(device), clip_weights=cfg.clip_weights)
     if not hasattr(model, "pixel_aligner"):
@@ -222,7 +224,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
                                               num_workers=cfg.workers, drop_last=True))
                 images, labels = next(loader_iter)
             images, labels = images.to(device), labels.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+            with flush_to_zero(), torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
                 output = trained(images)
                 terms = {"pixel": cfg.loss_pixel * pixel_alignment_loss(output.s_pix.float(), labels)}
                 if not cfg.freeze_segmenter and cfg.loss_segmenter > 0:
@@ -234,7 +236,8 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
                     score = 1.0 - output.s_pix.float().softmax(1).amax(1)
                     terms["outlier"] = cfg.loss_outlier * outlier_margin_loss(score, labels, cfg.margin)
                 loss = sum(terms.values()) / cfg.accumulate
-            scaler.scale(loss).backward()
+            with flush_to_zero():                       # as inference does: subnormals slow some CPUs (cpu.py)
+                scaler.scale(loss).backward()
             total += float(loss.detach())
             for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.accumulate

@@ -1,0 +1,57 @@
+"""The synthetic road world (vl_anomaly.train.synthetic) is read by the real data code, and VL-Anomaly training
+learns on it (benchmarks/vl_learnability.py, run here in a short version of the same path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vl_anomaly.datasets import load_dataset
+from vl_anomaly.preprocess import PreprocessCfg
+from vl_anomaly.train.data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
+from vl_anomaly.train.synthetic import (CLASSES, NOVEL_OBJECTS, TRAIN_OUTLIERS, write_anomaly_set, write_cityscapes,
+                                        write_coco_outliers)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_synthetic_world_in_the_real_layouts(tmp_path):
+    write_cityscapes(tmp_path / "cs", "train", 4, (64, 128))
+    write_coco_outliers(tmp_path / "coco", 6)
+    write_anomaly_set(tmp_path / "novel", 3, (64, 128))
+    outliers = CocoOutliers(tmp_path / "coco")
+    train = CityscapesTrain(tmp_path / "cs", "train", PreprocessCfg(input_size=(64, 128)),
+                            AugmentCfg((64, 128), 1.0, 1.0, False), outliers, paste_prob=1.0)
+    assert len(train) == 4
+    image, label = train[0]
+    assert tuple(image.shape) == (3, 64, 128)
+    values = set(np.unique(label.numpy()).tolist())
+    assert OUTLIER_LABEL in values and values - {OUTLIER_LABEL, 255} <= set(CLASSES) and 0 in values   # road
+    frames = load_dataset(f"road_anomaly_21={tmp_path / 'novel'}")
+    assert len(frames) == 3
+    _, rgb, truth = frames.load(0)
+    assert rgb.shape == (64, 128, 3) and set(np.unique(truth)) <= {0, 1, 255} and (truth == 1).any()
+    assert not set(TRAIN_OUTLIERS[0]) & set(NOVEL_OBJECTS[0])                     # novel shapes …
+    assert not set(TRAIN_OUTLIERS[1]) & set(NOVEL_OBJECTS[1])                     # … and colours
+
+
+def test_training_learns_on_the_synthetic_world(tmp_path):
+    """A short version of benchmarks/vl_learnability.py (same path: real train(), head checkpoint through
+    create_predictor, run_evaluation): the text-guided score of the trained head finds novel objects far better
+    than the untrained one, and the loss falls."""
+    import sys
+
+    from vl_anomaly.cpu import set_threads
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import vl_learnability
+
+    set_threads(2)
+    report = vl_learnability.run(quick=True, workdir=tmp_path, progress=False, sizes=(48, 12, 80))
+    first, last = report["loss_first_last"]
+    assert last < 0.5 * first
+    untrained, trained = report["untrained_ap"], report["trained_ap"]
+    assert set(trained) == {"msp", "text_guided", "clip_crops", "fused"}
+    assert trained["text_guided"] > untrained["text_guided"] + 5.0, (untrained, trained)
+    assert trained["msp"] == untrained["msp"]                    # the frozen segmenter's own score is unchanged
