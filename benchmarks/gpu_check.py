@@ -38,6 +38,7 @@ import torch
 
 from vl_anomaly import create_model
 from vl_anomaly.cpu import cpu_model, set_threads
+from vl_anomaly.networks.clip_towers import TINY_CLIP_CONFIG
 from vl_anomaly.deploy import export_onnx, load_exported, parity_frame, providers_in_use
 from vl_anomaly.factory import default_score, default_scoring, get_preprocess_cfg
 from vl_anomaly.paths import anomaly_val_dir
@@ -47,9 +48,6 @@ from vl_anomaly.pipeline import AnomalyPredictor
 MODELS = {"espnetv2_s2.0_cityscapes": "default", "lite_ensemble_cityscapes": "default",
           "mask2former_swin_t_cityscapes": None, "vl_anomaly_espnetv2_vitb16": "untrained",
           "vl_anomaly_mask2former_swin_t_vitb16": None}
-#: a tiny CLIP for --dry-run (random weights, the real tokenizer)
-TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 
 
 def real_frames(count: int) -> tuple[list[np.ndarray], str]:
@@ -78,7 +76,7 @@ def build_model(name: str, weights, dry_run: bool) -> tuple[torch.nn.Module, str
         from vl_anomaly.networks import VLAnomalyModel
         from vl_anomaly.constants import CLASS_LISTS
 
-        return VLAnomalyModel(segmenter, FrozenCLIP.create(config=TINY_CLIP, pretrained=None),
+        return VLAnomalyModel(segmenter, FrozenCLIP.create(config=TINY_CLIP_CONFIG, pretrained=None),
                               CLASS_LISTS[cfg["classes"]], n_ctx=4), "random (dry run: tiny CLIP)"
     try:
         return create_model(name, weights=weights, **clip), "random" if weights is None else str(weights)

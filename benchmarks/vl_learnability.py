@@ -26,14 +26,13 @@ import yaml
 
 from vl_anomaly import add_model_config, create_predictor, get_model_config
 from vl_anomaly.cpu import cpu_model, set_threads
+from vl_anomaly.networks.clip_towers import TINY_CLIP_CONFIG
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
 from vl_anomaly.train.synthetic import write_anomaly_set, write_cityscapes, write_coco_outliers
 from vl_anomaly.train.trainer import TrainCfg, train
 
 SOURCES = ["msp", "text_guided", "clip_crops", "fused"]
-TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 NAME = "vl_learnability_tiny"
 SIZE = (128, 256)
 
@@ -42,7 +41,7 @@ def register_tiny(folder: Path) -> str:
     """``vl_anomaly_espnetv2_vitb16`` with a tiny random CLIP config (weights None) and 4 context vectors."""
     cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
     cfg.pop("name")
-    cfg["clip"] = {"name": "tiny", "weights": None, "config": TINY_CLIP}
+    cfg["clip"] = {"name": "tiny", "weights": None, "config": TINY_CLIP_CONFIG}
     cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
     path = folder / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -2,7 +2,8 @@
 numbers a user sees (classes, score map, CLIP embeddings), not only in raw outputs on noise.
 
 * Segmenter-like graphs (``pixel_values (1, 3, H, W)``): a frame prepared as the predictor prepares it
-  (``pixel_values`` from the caller, else the frame at the export size with ImageNet normalisation). ``logits``
+  (``pixel_values`` from the caller, else the default :class:`~vl_anomaly.preprocess.PreprocessCfg`: RGB, ImageNet
+  normalisation, at the export size). ``logits``
   (and an ensemble's ``member_logits``): share of pixels whose arg-max class agrees, and the largest difference of
   the max-softmax score map; every other output: ``max|a − b| ≤ 1e-4 + rtol · max|b|``.
 * The CLIP image encoder (``images (B, 3, S, S)``, dynamic batch): crops of the frame at batch 1, 8 and the
@@ -21,12 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..networks.clip_towers import CLIP_MEAN, CLIP_STD
+from ..preprocess import PreprocessCfg, preprocess
 from .records import ExportError
-
-#: ImageNet normalisation, used when the caller gives no prepared ``pixel_values`` (most of our segmenters use it).
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: OpenAI CLIP image normalisation (as :data:`vl_anomaly.networks.clip_towers.CLIP_MEAN` / ``CLIP_STD``).
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,9 @@ def _drawn_road_scene(height: int, width: int) -> np.ndarray:
 
 
 def default_pixel_values(frame: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
-    """``(1, 3, H, W)``: the frame resized to ``input_size`` with ImageNet normalisation."""
-    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
-    x = F.interpolate(x, size=tuple(input_size), mode="bilinear", align_corners=False, antialias=True)
-    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    """``(1, 3, H, W)``: the frame pre-processed with the default :class:`PreprocessCfg` (RGB, ImageNet
+    normalisation) at ``input_size``."""
+    return preprocess(frame, PreprocessCfg(input_size=tuple(input_size), antialias=True))
 
 
 def clip_crops(frame: np.ndarray, size: int, count: int) -> torch.Tensor:

@@ -20,6 +20,13 @@ from torch import nn
 
 from ..errors import ConfigError, WeightsError
 
+#: A tiny CLIP architecture (64-d, 2 layers per tower, 64 px images; the real BPE tokenizer) for dry runs and the
+#: learnability check on machines without CLIP weights: ``FrozenCLIP.create(config=TINY_CLIP_CONFIG,
+#: pretrained=None)`` (random weights).
+TINY_CLIP_CONFIG = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16,
+                                                      head_width=32),
+                        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+
 #: OpenAI CLIP image normalisation (open_clip's OPENAI_DATASET_MEAN / STD), RGB in [0, 1].
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
