@@ -68,14 +68,13 @@ def build_model(name: str, weights, dry_run: bool) -> tuple[torch.nn.Module, str
     """The model and a note on its weights (falls back to random weights where registered ones are missing)."""
     clip = {"clip_weights": "none"}
     if dry_run and "vl_anomaly" in name:
+        from vl_anomaly.constants import CLASS_LISTS
+        from vl_anomaly.networks import VLAnomalyModel
         from vl_anomaly.networks.clip_towers import FrozenCLIP
         from vl_anomaly.registry import get_model_config
 
         cfg = get_model_config(name)
         segmenter = create_model(cfg["segmenter"], weights=None)
-        from vl_anomaly.networks import VLAnomalyModel
-        from vl_anomaly.constants import CLASS_LISTS
-
         return VLAnomalyModel(segmenter, FrozenCLIP.create(config=TINY_CLIP_CONFIG, pretrained=None),
                               CLASS_LISTS[cfg["classes"]], n_ctx=4), "random (dry run: tiny CLIP)"
     try:

@@ -258,10 +258,7 @@ class TensorRTRunner:
                 raise ConfigError(f"TensorRT cannot parse {self.onnx_path}:\n{errors}")
             config = builder.create_builder_config()
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-            if precision == "fp16":
-                if not hasattr(trt.BuilderFlag, "FP16"):
-                    raise ConfigError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed "
-                                      "networks only): use precision 'fp32'")
+            if precision == "fp16":                      # the flag exists: check_tensorrt_version ran in __init__
                 config.set_flag(trt.BuilderFlag.FP16)
             profile = self._profile(builder, network)
             if profile is not None:
