@@ -142,7 +142,8 @@ class ScoringCfg:
     """How the composite scores are formed (one object, passed to :class:`~vl_anomaly.pipeline.AnomalyPredictor`).
 
     Attributes:
-        detector: the score whose candidate regions (above its default threshold) the CLIP crop source encodes.
+        detector: the score whose candidate regions (above its default threshold) the CLIP crop source encodes: a
+            segmenter score, or ``text_guided`` (a trained head's, which may find what the segmenter misses).
         max_crops: cap on CLIP crops per frame (largest regions first).
         fusion: the weights and normalisations of the ``fused`` score, or None (then ``fused`` is unavailable).
         boundary: ``radius`` (px), ``small_area`` (px) and ``factor`` of ``msp_boundary``
@@ -155,9 +156,9 @@ class ScoringCfg:
     boundary: dict = field(default_factory=lambda: {"radius": 2, "small_area": 2000, "factor": 0.5})
 
     def __post_init__(self) -> None:
-        if self.detector not in SCORES or SCORES[self.detector].needs_vl or SCORES[self.detector].needs_fusion:
-            raise ConfigError(f"the CLIP crop detector must be a segmenter score (e.g. {', '.join(pixel_scores())}), "
-                              f"got {self.detector!r}")
+        if self.detector not in SCORES or self.detector == "clip_crops" or SCORES[self.detector].needs_fusion:
+            raise ConfigError(f"the CLIP crop detector must be a segmenter score (e.g. {', '.join(pixel_scores())}) "
+                              f"or 'text_guided' (a trained VL head), got {self.detector!r}")
         if int(self.max_crops) < 1:
             raise ConfigError(f"max_crops must be ≥ 1, got {self.max_crops}")
         if self.fusion is not None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from vl_anomaly.errors import ConfigError
 from vl_anomaly.preprocess import PreprocessCfg
 from vl_anomaly.train.data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
 from vl_anomaly.train.losses import hungarian_match, mask_text_loss, outlier_margin_loss, pixel_alignment_loss
@@ -95,6 +96,30 @@ def test_coco_outlier_pasting(cityscapes, coco):
     _, label = data[0]
     pasted = label == OUTLIER_LABEL
     assert 0 < int(pasted.sum()) < label.numel() // 4
+
+
+def test_outlier_paste_size_and_count(cityscapes, coco):
+    """``paste_size`` sets the pasted object's height as a fraction of the crop's; ``paste_count`` pastes 1 … N."""
+    outliers = CocoOutliers(coco)
+    data = CityscapesTrain(cityscapes, "train", PreprocessCfg(), outliers=outliers, paste_prob=1.0,
+                           paste_size=(0.25, 0.25))
+    for index in range(len(data)):
+        rows = (data[index][1] == OUTLIER_LABEL).any(dim=1).nonzero()
+        assert abs(int(rows.max() - rows.min() + 1) - 0.25 * 128) <= 1              # the 60-px instance at 32 px
+    many = CityscapesTrain(cityscapes, "train", PreprocessCfg(), outliers=outliers, paste_prob=1.0,
+                           paste_size=(0.05, 0.1), paste_count=3)
+    counts = []
+    for epoch in range(3):
+        many.set_epoch(epoch)
+        for index in range(len(many)):
+            pasted = (many[index][1] == OUTLIER_LABEL).numpy().astype(np.uint8)
+            counts.append(cv2.connectedComponents(pasted)[0] - 1)
+    assert 1 <= min(counts) and max(counts) <= 3 and max(counts) > 1                # (small ones rarely touch)
+    for bad in ((0.0, 0.5), (0.5, 0.25), (0.1, 1.5)):
+        with pytest.raises(ConfigError, match="paste_size must be"):
+            CityscapesTrain(cityscapes, "train", PreprocessCfg(), outliers=outliers, paste_size=bad)
+    with pytest.raises(ConfigError, match="paste_count"):
+        CityscapesTrain(cityscapes, "train", PreprocessCfg(), outliers=outliers, paste_count=0)
 
 
 def test_losses_by_hand():
@@ -231,3 +256,14 @@ def test_mixed_precision_and_gradient_accumulation_run(tiny_vl_model, cityscapes
     cfg.amp, cfg.accumulate, cfg.batch_size = True, 2, 1
     result = train(cfg, progress=False)
     assert result["iteration"] == 2 and all(np.isfinite(result["losses"]))
+
+
+def test_shipped_training_config_loads_with_its_outlier_settings():
+    from pathlib import Path
+
+    from vl_anomaly.train.trainer import TrainCfg
+
+    path = Path(__file__).resolve().parents[2] / "model" / "train_configs" / "vl_anomaly_espnetv2_vitb16.yaml"
+    cfg = TrainCfg.load(path, iterations=5)
+    assert cfg.paste_size == (0.04, 0.4) and cfg.paste_count == 3 and cfg.crop == (512, 1024)
+    assert cfg.iterations == 5 and cfg.model == "vl_anomaly_espnetv2_vitb16"

@@ -306,3 +306,27 @@ def test_zero_shot_mode_needs_no_head(tiny_vl_config_dir, road_obstacle_image, t
         predictor.score_maps(image, ["text_guided"])
     predictor.set_vocabulary(["road", "car"], ["a deer"])
     assert predictor.model.anomaly_text_embeddings().shape == (1, 64)
+
+
+def test_clip_crops_can_take_the_text_guided_score_as_detector(tiny_vl_model, road_obstacle_image):
+    """``sources.detector: text_guided``: the CLIP crops are taken where the trained head's score fires (the
+    synthetic-world benchmark does this); a crop detector must not be a composite score, nor a VL score on a plain
+    segmenter."""
+    from dataclasses import replace
+
+    from vl_anomaly import ConfigError, create_predictor
+    from vl_anomaly.scores import ScoringCfg, check_score_fits
+
+    image = road_obstacle_image[::2, ::2].copy()
+    torch.manual_seed(0)
+    predictor = create_predictor(tiny_vl_model, weights="untrained", score="text_guided", input_size=(128, 256))
+    predictor.scoring = replace(predictor.scoring, detector="text_guided")
+    maps, _, _ = predictor.score_maps(image, ["text_guided", "clip_crops"])
+    painted = maps["clip_crops"] > 0
+    assert not (painted & (maps["text_guided"] < 0.5)).any()          # only on text-guided candidate regions
+    for bad in ("clip_crops", "fused", "no_such_score"):
+        with pytest.raises(ConfigError, match="CLIP crop detector must be"):
+            ScoringCfg(detector=bad)
+    plain = create_predictor("espnetv2_s2.0_cityscapes", score="msp")
+    with pytest.raises(ConfigError, match="vision-language model"):
+        check_score_fits("clip_crops", plain.model, ScoringCfg(detector="text_guided"))

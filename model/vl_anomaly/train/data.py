@@ -6,7 +6,9 @@
   train IDs here.
 * **COCO outliers** (official layout): ``<root>/train2017/*.jpg`` + ``<root>/annotations/instances_train2017.json``;
   polygon instances (not crowd RLE) are cut out and pasted onto Cityscapes crops with probability ``paste_prob``,
-  their pixels labelled :data:`OUTLIER_LABEL` (254), as in Mask2Anomaly / RbA outlier exposure.
+  their pixels labelled :data:`OUTLIER_LABEL` (254), as in Mask2Anomaly / RbA outlier exposure. Each pasted
+  sample gets 1 … ``paste_count`` instances whose height is a log-uniform fraction ``paste_size`` = (lo, hi) of
+  the crop height (road anomalies range from a few pixels to half the frame: small ones must be seen in training).
 
 Samples: ``image (3, H, W)`` float32 normalised like the segmenter's weights, ``label (H, W)`` int64.
 """
@@ -14,6 +16,7 @@ Samples: ``image (3, H, W)`` float32 normalised like the segmenter's weights, ``
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +57,13 @@ class CityscapesTrain(Dataset):
     """Cityscapes train/val split in the official layout, with augmentation and optional outlier pasting."""
 
     def __init__(self, root: str | Path, split: str, preprocess: PreprocessCfg, augment: AugmentCfg | None = None,
-                 outliers: "CocoOutliers | None" = None, paste_prob: float = 0.0, seed: int = 0) -> None:
+                 outliers: "CocoOutliers | None" = None, paste_prob: float = 0.0, seed: int = 0,
+                 paste_size: tuple[float, float] = (0.25, 0.5), paste_count: int = 1) -> None:
+        lo, hi = (float(v) for v in paste_size)
+        if not 0.0 < lo <= hi <= 1.0 or int(paste_count) < 1:
+            raise ConfigError(f"paste_size must be (lo, hi) with 0 < lo ≤ hi ≤ 1 (fractions of the crop height) and "
+                              f"paste_count ≥ 1; got {paste_size!r}, {paste_count!r}")
+        self.paste_size, self.paste_count = (lo, hi), int(paste_count)
         self.root = Path(root)
         images = self.root / "leftImg8bit" / split
         labels = self.root / "gtFine" / split
@@ -100,7 +109,8 @@ class CityscapesTrain(Dataset):
         if self.augment is not None:
             image, label = self._augment(image, label)
         if self.outliers is not None and self.rng.random() < self.paste_prob:
-            image, label = self.outliers.paste(image, label, self.rng)
+            for _ in range(self.rng.randint(1, self.paste_count)):
+                image, label = self.outliers.paste(image, label, self.rng, self.paste_size)
         x = image.astype(np.float32)                                  # 0–255, like PreprocessCfg's mean/std
         if self.preprocess.channel_order == "bgr":
             x = x[..., ::-1]
@@ -147,8 +157,10 @@ class CocoOutliers:
         if not self.instances:
             raise ConfigError(f"no polygon instances of at least {min_area} px in {annotations}")
 
-    def paste(self, image: np.ndarray, label: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
-        """Paste one random instance at a random place and scale (≤ half the crop); its pixels → 254."""
+    def paste(self, image: np.ndarray, label: np.ndarray, rng: random.Random,
+              size: tuple[float, float] = (0.25, 0.5)) -> tuple[np.ndarray, np.ndarray]:
+        """Paste one random instance at a random place, its height a log-uniform fraction ``size`` = (lo, hi) of
+        the image height (then shrunk to at most half the image either way); its pixels → 254."""
         path, polygons, (bx, by, bw, bh) = self.instances[rng.randrange(len(self.instances))]
         source = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if source is None:
@@ -161,7 +173,8 @@ class CocoOutliers:
         patch = cv2.cvtColor(source[y0:y1, x0:x1], cv2.COLOR_BGR2RGB)
         patch_mask = mask[y0:y1, x0:x1]
         h, w = label.shape
-        scale = min(1.0, 0.5 * h / patch.shape[0], 0.5 * w / patch.shape[1]) * rng.uniform(0.5, 1.0)
+        height = h * math.exp(rng.uniform(math.log(size[0]), math.log(size[1])))
+        scale = min(height / patch.shape[0], 0.5 * h / patch.shape[0], 0.5 * w / patch.shape[1])
         size = (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale)))
         patch = cv2.resize(patch, size)
         patch_mask = cv2.resize(patch_mask, size, interpolation=cv2.INTER_NEAREST).astype(bool)

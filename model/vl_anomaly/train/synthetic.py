@@ -8,7 +8,9 @@ Three folders, each in the layout the real data uses, so the real code reads the
   with Cityscapes train IDs (:data:`CLASSES`).
 * :func:`write_coco_outliers` — outlier objects in the COCO layout (``train2017/*.jpg``, ``annotations/
   instances_train2017.json`` with polygon instances) that training pastes into the scenes (outlier exposure, as
-  the real recipe pastes COCO objects): discs, triangles and squares in warm colours.
+  the real recipe pastes COCO objects): discs, ellipses, triangles, squares and pentagons in many colours —
+  every hue in :data:`TRAIN_OUTLIERS`' bands (reds, oranges, yellows, greens), saturated — so that, as with COCO,
+  what training teaches is "not one of the known classes" rather than one colour.
 * :func:`write_anomaly_set` — held-out test scenes in the shared validation layout (``images/``,
   ``labels_masks/``: 0 known, 1 anomaly, 255 void) with **novel** objects on the road: crosses, rings and stars in
   cold colours and stripes, shapes and colours never pasted in training.
@@ -87,8 +89,10 @@ def _shape_mask(kind: str, shape: tuple[int, int], centre: tuple[int, int], radi
     cx, cy = centre
     if kind == "disc":
         cv2.circle(mask, centre, radius, 1, -1)
-    elif kind in ("triangle", "square", "star"):
-        corners = {"triangle": 3, "square": 4, "star": 10}[kind]
+    elif kind == "ellipse":
+        cv2.ellipse(mask, centre, (radius, max(2, radius // 2)), float(np.degrees(angle)), 0, 360, 1, -1)
+    elif kind in ("triangle", "square", "pentagon", "star"):
+        corners = {"triangle": 3, "square": 4, "pentagon": 5, "star": 10}[kind]
         points = []
         for i in range(corners):
             r = radius * (0.45 if kind == "star" and i % 2 else 1.0)
@@ -106,13 +110,35 @@ def _shape_mask(kind: str, shape: tuple[int, int], centre: tuple[int, int], radi
     return mask.astype(bool)
 
 
-#: training outliers (pasted) and the novel test objects: shapes and hue ranges never shared.
-TRAIN_OUTLIERS = (("disc", "triangle", "square"), ((255, 200, 0), (255, 120, 0), (250, 240, 90)))
+#: training outliers (pasted): shapes and hue bands in degrees (saturation 0.55–1, value 0.6–1).
+TRAIN_OUTLIERS = (("disc", "ellipse", "triangle", "square", "pentagon"), ((0.0, 150.0), (345.0, 360.0)))
+#: novel test objects: shapes and RGB colours (hues 180°, 294°, and a near-white) outside every training band.
 NOVEL_OBJECTS = (("cross", "ring", "star"), ((0, 230, 230), (200, 0, 220), (240, 240, 255)))
 
 
+def hue_saturation(rgb) -> tuple[float, float]:
+    """HSV hue in degrees and saturation in [0, 1] of an RGB colour (0–255)."""
+    r, g, b = (float(v) / 255.0 for v in rgb)
+    hi, lo = max(r, g, b), min(r, g, b)
+    if hi == lo:
+        return 0.0, 0.0
+    d = hi - lo
+    h = ((g - b) / d) % 6 if hi == r else (b - r) / d + 2 if hi == g else (r - g) / d + 4
+    return 60.0 * h, d / hi
+
+
+def _training_colour(rng: np.random.Generator) -> np.ndarray:
+    """A saturated RGB colour (0–255) whose hue lies in one of :data:`TRAIN_OUTLIERS`' bands."""
+    bands = TRAIN_OUTLIERS[1]
+    widths = np.array([hi - lo for lo, hi in bands])
+    lo, hi = bands[rng.choice(len(bands), p=widths / widths.sum())]
+    hsv = np.array([[[rng.uniform(lo, hi) / 2.0, rng.uniform(0.55, 1.0) * 255, rng.uniform(0.6, 1.0) * 255]]])
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
 def _object(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, palette, striped: bool) -> None:
-    colour = np.asarray(palette[rng.integers(len(palette))], np.float32)
+    """Paint ``mask`` with a textured colour: one of ``palette`` (RGB), or a training colour when it is None."""
+    colour = _training_colour(rng) if palette is None else np.asarray(palette[rng.integers(len(palette))], np.float32)
     texture = _texture(rng, image.shape[:2], colour, 10.0)
     if striped:
         yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
@@ -143,12 +169,12 @@ def write_coco_outliers(root: str | Path, count: int, size: int = 96, seed: int 
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 2])
     images, annotations = [], []
-    shapes, palette = TRAIN_OUTLIERS
+    shapes = TRAIN_OUTLIERS[0]
     for i in range(count):
         image = _texture(rng, (size, size), (128, 128, 128), 30.0)
         mask = _shape_mask(shapes[i % len(shapes)], (size, size), (size // 2, size // 2),
                            int(size * rng.uniform(0.3, 0.45)), float(rng.uniform(0, np.pi)))
-        _object(rng, image, mask, palette, striped=False)
+        _object(rng, image, mask, None, striped=False)
         name = f"{i:012d}.jpg"
         cv2.imwrite(str(root / "train2017" / name), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1],
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -186,3 +212,4 @@ def write_anomaly_set(root: str | Path, count: int, size: tuple[int, int] = (128
         cv2.imwrite(str(root / "images" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1])
         cv2.imwrite(str(root / "labels_masks" / f"{i}.png"), truth)
     return root
+

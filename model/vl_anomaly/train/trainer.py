@@ -46,6 +46,8 @@ class TrainCfg:
     split: str = "train"
     coco: str | None = None
     paste_prob: float = 0.0
+    paste_size: tuple[float, float] = (0.25, 0.5)
+    paste_count: int = 1
     crop: tuple[int, int] = (512, 1024)
     min_scale: float = 0.5
     max_scale: float = 2.0
@@ -82,8 +84,9 @@ class TrainCfg:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown training config keys {sorted(unknown)}; known: {sorted(known)}")
-        if "crop" in data:
-            data["crop"] = tuple(data["crop"])
+        for key in ("crop", "paste_size"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 
@@ -172,7 +175,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
     outliers = CocoOutliers(cfg.coco) if cfg.coco else None
     dataset = CityscapesTrain(cfg.cityscapes, cfg.split, preprocess,
                               AugmentCfg(tuple(cfg.crop), cfg.min_scale, cfg.max_scale), outliers, cfg.paste_prob,
-                              cfg.seed)
+                              cfg.seed, tuple(cfg.paste_size), cfg.paste_count)
     sampler = EpochSampler(len(dataset), cfg.seed, rank, world)
     params = model.trainable_parameters()
     no_decay = [p for n, p in params.items() if n.startswith("prompts.")]
