@@ -237,9 +237,12 @@ def test_mask2former_head_and_segmenter_train_together(cityscapes, tmp_path):
     initial = create_model("vl_m2f_tiny_train_test", weights=None).state_dict()
     cfg = TrainCfg(model="vl_m2f_tiny_train_test", weights="none", cityscapes=str(cityscapes), output=str(tmp_path / "o"),
                    crop=(64, 128), min_scale=0.5, max_scale=1.0, iterations=3, batch_size=2, lr=1e-3, workers=0,
-                   freeze_segmenter=False, seed=0)
+                   freeze_segmenter=False, segmenter_lr_mult=0.1, seed=0)
     result = train(cfg, progress=False)
     assert all(np.isfinite(result["losses"]))
+    groups = json.loads((tmp_path / "o" / "checkpoint" / "trainer.json").read_text())["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 1.0, 0.1]                   # head, prompt context, segmenter
+    assert groups[2]["lr"] == pytest.approx(0.1 * groups[0]["lr"])
     from safetensors.torch import load_file
 
     head = load_file(str(tmp_path / "o" / "checkpoint" / "head.safetensors"))

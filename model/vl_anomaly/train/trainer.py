@@ -60,6 +60,7 @@ class TrainCfg:
     amp: bool = False
     workers: int = 2
     freeze_segmenter: bool = True
+    segmenter_lr_mult: float = 1.0
     loss_segmenter: float = 1.0
     loss_pixel: float = 1.0
     loss_mask_text: float = 2.0
@@ -179,9 +180,13 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
     sampler = EpochSampler(len(dataset), cfg.seed, rank, world)
     params = model.trainable_parameters()
     no_decay = [p for n, p in params.items() if n.startswith("prompts.")]
-    decay = [p for n, p in params.items() if not n.startswith("prompts.")]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    decay = [p for n, p in params.items() if not n.startswith(("prompts.", "segmenter."))]
+    segmenter = [p for n, p in params.items() if n.startswith("segmenter.")]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+    if segmenter:                                   # only when it trains (freeze_segmenter: false)
+        groups.append({"params": segmenter, "weight_decay": cfg.weight_decay, "lr_mult": cfg.segmenter_lr_mult})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     out = Path(cfg.output)
     start = _load(out / "checkpoint", model, optimizer) if cfg.resume and (out / "checkpoint" / "trainer.json").is_file() \
         else 0
@@ -211,7 +216,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
             loader_iter = iter(DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                                           num_workers=cfg.workers, drop_last=True))
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * (1 - iteration / cfg.iterations) ** 0.9
+            group["lr"] = cfg.lr * group.get("lr_mult", 1.0) * (1 - iteration / cfg.iterations) ** 0.9
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         parts: dict[str, float] = {}
