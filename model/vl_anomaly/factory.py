@@ -57,10 +57,28 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"could not read safetensors file {path}: {exc}") from exc
 
 
+def _checkpoint_holds_segmenter(weights) -> bool:
+    """Whether ``weights`` is a ``.safetensors`` checkpoint with ``segmenter.*`` tensors (written by a training run
+    with ``freeze_segmenter: false``); reads the header only."""
+    if weights is None or str(weights) in ("default", "untrained"):
+        return False
+    path = Path(weights).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return any(key.startswith("segmenter.") for key in handle.keys())
+    except Exception as exc:                                              # noqa: BLE001 — any unreadable file
+        raise WeightsError(f"could not read safetensors file {path}: {exc}") from exc
+
+
 def _create_components(cfg: dict, weights, device: str, clip_weights) -> dict:
     """The parts a composite config names, built first: ``segmenter`` (a registered model, with its registered
-    weights unless everything is random) and ``clip`` (a frozen CLIP with its weight record, plus the class names
-    its prompts describe). Plain families have none."""
+    weights unless everything is random or the checkpoint ``weights`` holds the segmenter's own — a training run
+    that unfroze it: then it is built empty and filled from the checkpoint, with no download) and ``clip`` (a
+    frozen CLIP with its weight record, plus the class names its prompts describe). Plain families have none."""
     components: dict = {}
     random = weights is None
     if "members" in cfg:
@@ -71,7 +89,11 @@ def _create_components(cfg: dict, weights, device: str, clip_weights) -> dict:
                                        for m, spec in zip(names, cfg["members"])]
         components["member_names"] = names
     if "segmenter" in cfg:
-        components["segmenter"] = create_model(cfg["segmenter"], weights=None if random else "default", device=device)
+        if not random and _checkpoint_holds_segmenter(weights):
+            components["segmenter"] = build_network(get_model_config(cfg["segmenter"])).to(device).eval()
+        else:
+            components["segmenter"] = create_model(cfg["segmenter"], weights=None if random else "default",
+                                                   device=device)
     if "clip" in cfg:
         from .constants import CLASS_LISTS
         from .networks.clip_towers import FrozenCLIP
@@ -134,7 +156,9 @@ def _load_own_weights(model: nn.Module, name: str, path: Path, components: dict)
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:                                    # wrong shapes
         raise WeightsError(f"checkpoint {path} does not fit {name}: {exc}") from exc
-    prefixes = tuple(f"{c}." for c in components)
+    # parts built with their own weights may be absent from the checkpoint; a segmenter it holds must be whole
+    own = {"segmenter"} if any(k.startswith("segmenter.") for k in state) else set()
+    prefixes = tuple(f"{c}." for c in components if c not in own)
     foreign = [k for k in missing if not k.startswith(prefixes)]
     if unexpected or foreign:
         raise WeightsError(f"checkpoint {path} does not fit {name}: missing {foreign[:5]}, "

@@ -249,6 +249,20 @@ def test_mask2former_head_and_segmenter_train_together(cityscapes, tmp_path):
     moved = [k for k in head if k.startswith("segmenter.") and not torch.equal(head[k], initial[k])]
     assert moved, "the unfrozen segmenter was not trained"
     assert not any(k.startswith("clip.") for k in head) and "mask_aligner.no_object" in head
+    # the checkpoint holds the trained segmenter: it loads without the segmenter's registered weights (this tiny
+    # Mask2Former has none, a real one would be downloaded) and gives the trained parameters back
+    from safetensors.torch import save_file
+
+    from vl_anomaly import WeightsError
+
+    loaded = create_model("vl_m2f_tiny_train_test", weights=str(tmp_path / "o" / "checkpoint" / "head.safetensors"),
+                          clip_weights="none").state_dict()
+    for key in moved:
+        torch.testing.assert_close(loaded[key], head[key])
+    partial = {k: v for k, v in head.items() if k != moved[0]}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(WeightsError, match="does not fit"):
+        create_model("vl_m2f_tiny_train_test", weights=str(tmp_path / "partial.safetensors"), clip_weights="none")
 
 
 def test_mixed_precision_and_gradient_accumulation_run(tiny_vl_model, cityscapes, coco, tmp_path):
