@@ -16,7 +16,12 @@
 4. Pixel AP (official protocol) on the test scenes per source — detector (msp), text_guided, clip_crops, fused —
    untrained vs trained.
 
-    .venv/bin/python benchmarks/vl_learnability.py [--quick] [-o benchmarks/results/vl_learnability.json]
+The Mask2Former arrangement (``--arrangement mask2former``, shorter): ``vl_anomaly_mask2former_swin_t_vitb16``
+with a small Mask2Former (Swin, 32 wide, 20 queries; no Cityscapes Mask2Former weights exist here) trained from
+random weights together with its head — Mask2Former's own loss, R6, R9 (Hungarian) and R10 — same data, same
+evaluation.
+
+    .venv/bin/python benchmarks/vl_learnability.py [--quick] [--arrangement espnetv2|mask2former] [-o FILE]
 """
 
 from __future__ import annotations
@@ -45,16 +50,30 @@ SOURCES = ["msp", "text_guided", "clip_crops", "fused"]
 NAME = "vl_learnability_tiny"
 SIZE = (128, 256)
 PASTE_SIZE, PASTE_COUNT = (0.04, 0.4), 3
+#: registered arrangement per ``--arrangement``.
+ARRANGEMENTS = {"espnetv2": "vl_anomaly_espnetv2_vitb16", "mask2former": "vl_anomaly_mask2former_swin_t_vitb16"}
+#: the Mask2Former arrangement's segmenter, small enough to train from random weights on 2 cores.
+SMALL_MASK2FORMER = dict(backbone=dict(type="swin", embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
+                                       window_size=7),
+                         feature_size=64, mask_feature_size=64, hidden_dim=64, encoder_feedforward_dim=128,
+                         encoder_layers=1, decoder_layers=3, num_attention_heads=4, dim_feedforward=128,
+                         num_queries=20)
 
 
-def register_tiny(folder: Path) -> str:
-    """``vl_anomaly_espnetv2_vitb16`` with a tiny random CLIP config (weights None), 4 context vectors and the
-    CLIP crops taken where the text-guided score fires (the frozen segmenter's MSP is at chance on this world)."""
-    cfg = get_model_config("vl_anomaly_espnetv2_vitb16")
+def register_tiny(folder: Path, arrangement: str = "espnetv2") -> str:
+    """The registered arrangement with a tiny random CLIP config (weights None), 4 context vectors and the CLIP
+    crops taken where the text-guided score fires; for ``mask2former`` its segmenter is :data:`SMALL_MASK2FORMER`."""
+    cfg = get_model_config(ARRANGEMENTS[arrangement])
     cfg.pop("name")
     cfg["clip"] = {"name": "tiny", "weights": None, "config": TINY_CLIP_CONFIG}
     cfg["arch"] = {"n_ctx": 4, "heads": 8, "tau": 0.07}
     cfg["sources"] = {**cfg.get("sources", {}), "detector": "text_guided"}
+    if arrangement == "mask2former":
+        segmenter = f"{NAME}_mask2former_segmenter"
+        (folder / f"{segmenter}.yaml").write_text(yaml.safe_dump(
+            {"family": "mask2former", "classes": "cityscapes", "arch": SMALL_MASK2FORMER}))
+        add_model_config(folder / f"{segmenter}.yaml")
+        cfg["segmenter"] = segmenter
     path = folder / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     add_model_config(path)
@@ -80,21 +99,24 @@ def evaluate(weights: str, data: Path, out: Path, seed: int) -> tuple[dict[str, 
 
 
 def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
-        sizes: tuple[int, int, int] | None = None) -> dict:
+        sizes: tuple[int, int, int] | None = None, arrangement: str = "espnetv2") -> dict:
     """The whole path in ``workdir``; ``sizes`` = (train scenes, test scenes, iterations) overrides the presets
-    (quick: 160, 24, 400; full: 400, 60, 400 — more iterations overfit: 1200 gave fused AP 35, docs/method.md);
-    the validation split has as many scenes as the test one."""
+    (ESPNetv2 quick: 160, 24, 400; full: 400, 60, 400 — more iterations overfit: 1200 gave fused AP 35,
+    docs/method.md; Mask2Former, from random weights: 160, 24, 300 and 400, 60, 800); the validation split has as
+    many scenes as the test one."""
     start = time.perf_counter()
-    n_train, n_test, iterations = sizes or ((160, 24, 400) if quick else (400, 60, 400))
+    presets = {"espnetv2": ((160, 24, 400), (400, 60, 400)), "mask2former": ((160, 24, 300), (400, 60, 800))}
+    n_train, n_test, iterations = sizes or presets[arrangement][0 if quick else 1]
     data = workdir / "data"
     write_cityscapes(data / "cityscapes", "train", n_train, SIZE, seed)
     write_coco_outliers(data / "coco", 48, seed=seed)
     write_anomaly_set(data / "validation", n_test, SIZE, seed + 2, objects=(TRAIN_OUTLIERS[0], None))
     write_anomaly_set(data / "novel", n_test, SIZE, seed + 1)
-    register_tiny(workdir)
-    untrained, untrained_weights = evaluate("untrained", data, workdir / "eval_untrained", seed)
+    register_tiny(workdir, arrangement)
+    start_weights = "untrained" if arrangement == "espnetv2" else "none"      # no Mask2Former weights exist here
+    untrained, untrained_weights = evaluate(start_weights, data, workdir / "eval_untrained", seed)
     cfg = TrainCfg(model=NAME, cityscapes=str(data / "cityscapes"), coco=str(data / "coco"),
-                   output=str(workdir / "train"), weights="untrained", clip_weights="default", paste_prob=0.8,
+                   output=str(workdir / "train"), weights=start_weights, clip_weights="default", paste_prob=0.8,
                    paste_size=PASTE_SIZE, paste_count=PASTE_COUNT, freeze_segmenter=False,
                    crop=SIZE, min_scale=1.0, max_scale=1.0, iterations=iterations, batch_size=4, lr=1e-3,
                    workers=0, checkpoint_every=iterations, log_every=50, seed=seed, resume=False)
@@ -105,15 +127,17 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
                                         workdir / "eval_trained", seed)
     losses = history["losses"]
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
-            "platform": platform.platform(), "torch": torch.__version__, "quick": quick,
+            "platform": platform.platform(), "torch": torch.__version__, "quick": quick, "arrangement": arrangement,
             "setup": {"train_scenes": n_train, "test_scenes": n_test, "size": list(SIZE), "iterations": iterations,
                       "batch": 4, "outliers": "discs/ellipses/triangles/squares/pentagons, hues 0-150 and 345-360 deg "
                                               f"(pasted with p=0.8, 1-{PASTE_COUNT} per crop, "
                                               f"{PASTE_SIZE[0]:g}-{PASTE_SIZE[1]:g} of its height)",
                       "validation_objects": "the training outlier family (fusion fitted here)",
                       "novel_test_objects": "crosses/rings/stars, cyan/magenta/near-white, some striped",
-                      "model": "vl_anomaly_espnetv2_vitb16 arrangement, ESPNetv2 trained with the head, tiny random "
-                               "CLIP, CLIP crops where text_guided fires"},
+                      "model": f"{ARRANGEMENTS[arrangement]} arrangement, "
+                               + ("real ESPNetv2 trained with the head" if arrangement == "espnetv2" else
+                                  "small Mask2Former (SMALL_MASK2FORMER) trained from random weights with the head")
+                               + ", tiny random CLIP, CLIP crops where text_guided fires"},
             "untrained_ap": untrained, "trained_ap": trained,
             "fusion_weights": {"untrained": untrained_weights, "trained": trained_weights},
             "loss_first_last": [round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
@@ -124,12 +148,13 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer scenes and iterations (≤ 4 min on 2 cores)")
+    parser.add_argument("--arrangement", choices=sorted(ARRANGEMENTS), default="espnetv2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--output", default="benchmarks/results/vl_learnability.json")
     args = parser.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vl_learnability_") as workdir:
-        report = run(args.quick, Path(workdir))
+        report = run(args.quick, Path(workdir), arrangement=args.arrangement)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("untrained_ap", "trained_ap", "train_seconds", "seconds")}, indent=1))
