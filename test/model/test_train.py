@@ -284,3 +284,7 @@ def test_shipped_training_config_loads_with_its_outlier_settings():
     cfg = TrainCfg.load(path, iterations=5)
     assert cfg.paste_size == (0.04, 0.4) and cfg.paste_count == 3 and cfg.crop == (512, 1024)
     assert cfg.iterations == 5 and cfg.model == "vl_anomaly_espnetv2_vitb16"
+    from vl_anomaly.train.trainer import train
+
+    with pytest.raises(ConfigError, match="segmenter_lr_mult must be"):
+        train(TrainCfg.load(path, segmenter_lr_mult=-0.1))

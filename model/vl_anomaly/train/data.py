@@ -175,13 +175,13 @@ class CocoOutliers:
         h, w = label.shape
         height = h * math.exp(rng.uniform(math.log(size[0]), math.log(size[1])))
         scale = min(height / patch.shape[0], 0.5 * h / patch.shape[0], 0.5 * w / patch.shape[1])
-        size = (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale)))
-        patch = cv2.resize(patch, size)
-        patch_mask = cv2.resize(patch_mask, size, interpolation=cv2.INTER_NEAREST).astype(bool)
-        y = rng.randint(0, h - size[1])
-        x = rng.randint(0, w - size[0])
+        dsize = (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale)))
+        patch = cv2.resize(patch, dsize)
+        patch_mask = cv2.resize(patch_mask, dsize, interpolation=cv2.INTER_NEAREST).astype(bool)
+        y = rng.randint(0, h - dsize[1])
+        x = rng.randint(0, w - dsize[0])
         image, label = image.copy(), label.copy()
-        region = image[y:y + size[1], x:x + size[0]]
+        region = image[y:y + dsize[1], x:x + dsize[0]]
         region[patch_mask] = patch[patch_mask]
-        label[y:y + size[1], x:x + size[0]][patch_mask] = OUTLIER_LABEL
+        label[y:y + dsize[1], x:x + dsize[0]][patch_mask] = OUTLIER_LABEL
         return image, label

@@ -13,7 +13,7 @@ Three folders, each in the layout the real data uses, so the real code reads the
   what training teaches is "not one of the known classes" rather than one colour.
 * :func:`write_anomaly_set` — held-out test scenes in the shared validation layout (``images/``,
   ``labels_masks/``: 0 known, 1 anomaly, 255 void) with **novel** objects on the road: crosses, rings and stars in
-  cold colours and stripes, shapes and colours never pasted in training.
+  cyan, magenta and near-white, some striped — shapes, hues and textures never pasted in training.
 
 All randomness comes from ``seed``; scenes are ``size`` = (H, W) pixels.
 """
@@ -212,4 +212,3 @@ def write_anomaly_set(root: str | Path, count: int, size: tuple[int, int] = (128
         cv2.imwrite(str(root / "images" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1])
         cv2.imwrite(str(root / "labels_masks" / f"{i}.png"), truth)
     return root
-

@@ -164,6 +164,8 @@ def _segmenter_loss(segmenter, images: torch.Tensor, output, labels: torch.Tenso
 def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) -> dict:
     """Run (or resume) a training; returns ``{"iteration", "losses": [per step of this call], "output"}``.
     ``max_steps`` stops after that many iterations of this call (time-sliced jobs; a checkpoint is written)."""
+    if not (math.isfinite(cfg.segmenter_lr_mult) and cfg.segmenter_lr_mult >= 0):
+        raise ConfigError(f"segmenter_lr_mult must be a finite number ≥ 0, got {cfg.segmenter_lr_mult!r}")
     rank, world, device = _distributed()
     set_threads(0)                              # torch's OpenMP workers created with flush-to-zero (cpu.py)
     torch.manual_seed(cfg.seed)
