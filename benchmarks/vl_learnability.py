@@ -90,8 +90,7 @@ def evaluate(weights: str, data: Path, out: Path, seed: int) -> tuple[dict[str, 
     run_evaluation([validation], sources, out / "validation", predictor, workers=1)
     fusion = fit_fusion({"validation": sample_pixels(validation, out / "validation" / "score_maps", sources)},
                         sources, step=0.1, model=NAME)
-    torch.manual_seed(seed)
-    predictor = create_predictor(NAME, weights=weights, score="fused", fusion=fusion, input_size=SIZE)
+    predictor.scoring = predictor.scoring.with_fusion(fusion)              # same model, now with score "fused"
     results = run_evaluation([load_dataset(f"road_anomaly_21={data / 'novel'}")], SOURCES, out / "test", predictor,
                              workers=1)
     scores = results["datasets"]["road_anomaly_21"]["scores"]

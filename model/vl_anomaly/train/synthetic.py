@@ -118,13 +118,8 @@ NOVEL_OBJECTS = (("cross", "ring", "star"), ((0, 230, 230), (200, 0, 220), (240,
 
 def hue_saturation(rgb) -> tuple[float, float]:
     """HSV hue in degrees and saturation in [0, 1] of an RGB colour (0–255)."""
-    r, g, b = (float(v) / 255.0 for v in rgb)
-    hi, lo = max(r, g, b), min(r, g, b)
-    if hi == lo:
-        return 0.0, 0.0
-    d = hi - lo
-    h = ((g - b) / d) % 6 if hi == r else (b - r) / d + 2 if hi == g else (r - g) / d + 4
-    return 60.0 * h, d / hi
+    hue, saturation, _ = cv2.cvtColor(np.asarray([[rgb]], np.float32) / 255.0, cv2.COLOR_RGB2HSV)[0, 0]
+    return float(hue), float(saturation)
 
 
 def _training_colour(rng: np.random.Generator) -> np.ndarray:
