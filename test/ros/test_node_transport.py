@@ -391,6 +391,60 @@ def test_input_qos_overrides(probe, ros_log_dir):
         assert process.stop() == 0, process.log()
 
 
+def test_service_replies_wait_for_a_late_client(probe):
+    """The shipped Fast DDS profile's "service" data_writer profile reaches every service's response writer: a
+    server waits up to 5 s (Fast DDS default 100 ms) for the client's response reader to be discovered before it
+    gives a reply up. Too short a wait lost a ``get_state`` reply on a loaded CI machine. Here the client's
+    response reader can never match (it asks for transient-local durability, the server writes volatile), so the
+    server's wait is seen whole."""
+    import warnings
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_srvs.srv import Trigger
+
+    context = Context()
+    rclpy.init(context=context)
+    server_node = rclpy.create_node("late_client_server", context=context)
+    answered: list[float] = []
+
+    def answer(request, response):
+        answered.append(time.monotonic())
+        response.success = True
+        return response
+
+    server_node.create_service(Trigger, "/late_client/trigger", answer)
+    server = SingleThreadedExecutor(context=context)
+    server.add_node(server_node)
+    unmatched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    client = probe.node.create_client(Trigger, "/late_client/trigger", qos_profile=unmatched)
+
+    def reply_lost(caught) -> bool:
+        return any("client will not receive response" in str(w.message) for w in caught)
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            deadline, next_request = time.monotonic() + 60.0, 0.0
+            while time.monotonic() < deadline and not reply_lost(caught):
+                if not answered and time.monotonic() >= next_request:     # until the request writer has matched
+                    client.call_async(Trigger.Request())
+                    next_request = time.monotonic() + 1.0
+                server.spin_once(timeout_sec=0.1)
+            gave_up = time.monotonic()
+        assert answered, "the request never reached the server"
+        assert reply_lost(caught), [str(w.message) for w in caught]
+        assert gave_up - answered[0] >= 4.9                  # the profile's 5 s, not Fast DDS's default 100 ms
+    finally:
+        probe.node.destroy_client(client)
+        server.shutdown(timeout_sec=2.0)
+        server_node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
 def test_lifecycle_transitions(probe, ros_log_dir, images):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
