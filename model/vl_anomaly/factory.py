@@ -265,14 +265,16 @@ def default_score(name: str) -> str:
 def default_postprocess(name: str, score: str | None = None) -> PostprocessCfg:
     """The post-processing a model ships (its config's ``postprocess`` section: threshold and component rules,
     calibrated for its default score). For another score the threshold is that score's documented default and
-    the score-valued rules ``min_mean_score`` and ``min_peak_score`` are off; the geometric rules stay."""
+    the score-valued rules (``min_mean_score``, ``min_peak_score``, ``min_peak_margin``, the scene-adaptive
+    threshold) are off; the geometric rules stay."""
     score = score or default_score(name)
     values = dict(get_model_config(name).get("postprocess") or {})
     if score != default_score(name) or "threshold" not in values:
         values["threshold"] = get_score(score).default_threshold
         if score != default_score(name):
-            values.pop("min_mean_score", None)
-            values.pop("min_peak_score", None)
+            for key in ("min_mean_score", "min_peak_score", "min_peak_margin", "adaptive_quantile",
+                        "adaptive_offset", "adaptive_floor"):
+                values.pop(key, None)
     return PostprocessCfg.from_dict(values)
 
 
@@ -289,7 +291,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
 
     ``score`` defaults to the model's (:func:`default_score`); ``threshold``, ``min_area_px``, ``drivable_only`` and
     ``drivable_margin_px`` to the post-processing the model ships for that score (:func:`default_postprocess`:
-    the config's calibrated threshold and component rules, else the score's documented default threshold).
+    the config's calibrated threshold and component rules, else the score's documented default threshold); a
+    ``threshold`` given is fixed (it turns a shipped scene-adaptive threshold off).
     ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt`` (:mod:`vl_anomaly.deploy`); the ONNX graph is
     ``onnx_path`` or the cached export of this model, weights and input size (exported and checked on first use,
     :func:`vl_anomaly.deploy.load_deployed_model`); TensorRT builds and caches its ``precision`` engine from it
@@ -312,6 +315,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                                    ("min_area_px", min_area_px), ("drivable_only", drivable_only),
                                    ("drivable_margin_px", drivable_margin_px)) if v is not None}
     post = replace(default_postprocess(name, score), **overrides)
+    if threshold is not None:                        # a threshold given is the threshold of every frame
+        post = replace(post, adaptive_quantile=None)
     preprocess_cfg = get_preprocess_cfg(name, input_size)
     if backend == "torch":
         if onnx_path is not None:

@@ -37,7 +37,9 @@ class Prediction:
         semantic: ``(H, W)`` uint8 Cityscapes train IDs (argmax of the class logits).
         obstacle_mask: ``(H, W)`` bool, anomalous pixels in kept components.
         obstacles: connected components with statistics.
-        drivable: ``(H, W)`` bool drivable region when the filter is on, else None.
+        drivable: ``(H, W)`` bool drivable region when the rules read it, else None.
+        threshold: the score threshold of this frame's obstacle mask (the scene-adaptive one where the
+            post-processing has it, :func:`~vl_anomaly.postprocess.frame_threshold`), NaN before post-processing.
         timings_ms: per-stage wall time in milliseconds (``preprocess``, ``network``, ``score``,
             ``postprocess``, ``total``).
     """
@@ -47,6 +49,7 @@ class Prediction:
     obstacle_mask: np.ndarray
     obstacles: list[Obstacle]
     drivable: np.ndarray | None = None
+    threshold: float = float("nan")
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -115,17 +118,19 @@ class AnomalyPredictor:
         maps, semantic, timings = self.score_maps(image)
         return maps[self.score_name], semantic, timings
 
-    def predict(self, image: np.ndarray) -> Prediction:
-        """Full pipeline on one image ``(H, W, 3)`` RGB uint8 → :class:`Prediction`."""
+    def predict(self, image: np.ndarray, postprocess_cfg: PostprocessCfg | None = None) -> Prediction:
+        """Full pipeline on one image ``(H, W, 3)`` RGB uint8 → :class:`Prediction`. ``postprocess_cfg``: this
+        frame's rules instead of :attr:`postprocess_cfg` (the node passes the horizon its ``camera_info`` gives)."""
         t0 = time.perf_counter()
         score_map, semantic, timings = self.score_image(image)
         t1 = time.perf_counter()
-        mask, obstacles, drivable = postprocess(score_map, self.postprocess_cfg, semantic)
+        mask, obstacles, drivable, threshold = postprocess(score_map, postprocess_cfg or self.postprocess_cfg,
+                                                           semantic)
         t2 = time.perf_counter()
         timings["postprocess"] = (t2 - t1) * 1e3
         timings["total"] = (t2 - t0) * 1e3
         return Prediction(score_map=score_map, semantic=semantic, obstacle_mask=mask, obstacles=obstacles,
-                          drivable=drivable, timings_ms=timings)
+                          drivable=drivable, threshold=threshold, timings_ms=timings)
 
     @property
     def vocabulary(self) -> dict | None:

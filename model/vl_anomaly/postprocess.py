@@ -1,14 +1,27 @@
 """From a score map to what a planner consumes: obstacle mask and obstacle list. Pure numpy/OpenCV.
 
-1. ``mask = score ≥ threshold``;
+1. ``mask = score ≥ threshold``. With ``adaptive_quantile`` the threshold is the frame's own
+   (:func:`frame_threshold`, a constant-false-alarm-rate rule): the ``adaptive_quantile`` of the score over the
+   predicted drivable region plus ``adaptive_offset``, kept between ``adaptive_floor`` and ``threshold``. A road the
+   model is sure of (the score near 0 almost everywhere on it) gets a low threshold and small, faint obstacles on
+   it survive; a scene out of the model's domain (a dirt road, uncertain everywhere) gets ``threshold``;
 2. optionally keep only the drivable region: predicted road/sidewalk with enclosed holes filled (an obstacle
    on the road is *not* predicted road, but it is surrounded by road) and dilated by a margin in pixels;
 3. optionally close gaps of up to ``merge_gap_px`` so that fragments of one object become one component;
 4. each 8-connected component is decided as a whole (issue 13: the list a planner gets must stay quiet): it
    becomes an obstacle when it has at least ``min_area_px`` pixels, at most ``max_area_frac`` of the image,
-   a mean score of at least ``min_mean_score``, a highest score of at least ``min_peak_score`` and, with
-   ``min_drivable_overlap``, at least that share of its pixels in the drivable region. Rejected components are
-   removed from the mask too.
+   a mean score of at least ``min_mean_score``, a highest score of at least ``min_peak_score`` (and at least
+   ``min_peak_margin`` above the frame's threshold), with ``min_drivable_overlap`` at least that share of its
+   pixels in the drivable region, and with ``min_size_rel_camera_height`` a size that fits its distance (below).
+   Rejected components are removed from the mask too.
+
+The size rule is the flat-ground model in pixels: a level pinhole camera ``h`` metres above flat ground sees an
+object of extent ``S`` metres whose ground contact is at image row ``v`` with an extent of about
+``S · (v − v_horizon) / h`` pixels, whatever the focal length. So ``sqrt(area) ≥ k · (v − v_horizon)`` keeps the
+components at least ``k · h`` metres across (``k = 0.1``, a 1.5 m high camera: 15 cm), with ``v`` the row below the
+component's lowest pixel and ``v_horizon = horizon_row_frac · H``. A far obstacle may then be a few pixels wide,
+while a texture patch near the vehicle must be large to count. Components that end above the horizon keep only
+``min_area_px``.
 """
 
 from __future__ import annotations
@@ -41,6 +54,19 @@ class PostprocessCfg:
             needs the semantic map).
         min_peak_score: a component's highest score must reach this (None = off): a real obstacle has a confident
             core, a class boundary or texture lit up at the threshold has none.
+        adaptive_quantile: scene-adaptive threshold (module docstring; None = the fixed ``threshold``): this
+            quantile of the score over the predicted drivable region (no margin), plus ``adaptive_offset``,
+            clipped to ``[adaptive_floor, threshold]``. Frames with less than 1 % of the image drivable use
+            ``threshold``. Needs the semantic map.
+        adaptive_offset: added to that quantile (score units).
+        adaptive_floor: lowest frame threshold (score units).
+        min_peak_margin: a component's highest score must reach the frame's threshold plus this (None = off):
+            :attr:`min_peak_score` relative to a threshold that moves.
+        min_size_rel_camera_height: smallest obstacle extent in units of the camera's height above the ground
+            (flat-ground size rule of the module docstring; 0 = off).
+        horizon_row_frac: image row of the horizon as a share of the height (0.5: a level camera with its
+            principal point at the image centre; a camera pitched down by ``p`` has it ``fy · tan(p)`` pixels
+            higher).
     """
 
     threshold: float = 0.5
@@ -53,6 +79,12 @@ class PostprocessCfg:
     min_mean_score: float | None = None
     min_drivable_overlap: float = 0.0
     min_peak_score: float | None = None
+    adaptive_quantile: float | None = None
+    adaptive_offset: float = 0.2
+    adaptive_floor: float = 0.3
+    min_peak_margin: float | None = None
+    min_size_rel_camera_height: float = 0.0
+    horizon_row_frac: float = 0.5
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.threshold):
@@ -73,11 +105,25 @@ class PostprocessCfg:
             raise ConfigError(f"min_peak_score must be a finite number or None, got {self.min_peak_score}")
         if not 0.0 <= self.min_drivable_overlap <= 1.0:
             raise ConfigError(f"min_drivable_overlap must be in [0, 1], got {self.min_drivable_overlap}")
+        if self.adaptive_quantile is not None and not 0.0 < self.adaptive_quantile < 1.0:
+            raise ConfigError(f"adaptive_quantile must be in (0, 1) or None, got {self.adaptive_quantile}")
+        if not (np.isfinite(self.adaptive_offset) and np.isfinite(self.adaptive_floor)):
+            raise ConfigError(f"adaptive_offset and adaptive_floor must be finite numbers, got "
+                              f"{self.adaptive_offset}, {self.adaptive_floor}")
+        if self.adaptive_quantile is not None and self.adaptive_floor > self.threshold:
+            raise ConfigError(f"adaptive_floor ({self.adaptive_floor}) must not exceed threshold ({self.threshold}), "
+                              "the highest frame threshold")
+        if self.min_peak_margin is not None and not (np.isfinite(self.min_peak_margin) and self.min_peak_margin >= 0):
+            raise ConfigError(f"min_peak_margin must be a number ≥ 0 or None, got {self.min_peak_margin}")
+        if not (np.isfinite(self.min_size_rel_camera_height) and self.min_size_rel_camera_height >= 0):
+            raise ConfigError(f"min_size_rel_camera_height must be a number ≥ 0, got {self.min_size_rel_camera_height}")
+        if not 0.0 <= self.horizon_row_frac < 1.0:
+            raise ConfigError(f"horizon_row_frac must be in [0, 1), got {self.horizon_row_frac}")
 
     @property
     def needs_semantic(self) -> bool:
         """True when the rules read the drivable region (the semantic map of the frame)."""
-        return self.drivable_only or self.min_drivable_overlap > 0
+        return self.drivable_only or self.min_drivable_overlap > 0 or self.adaptive_quantile is not None
 
     @classmethod
     def from_dict(cls, values: dict) -> "PostprocessCfg":
@@ -146,16 +192,39 @@ def drivable_region(semantic: np.ndarray, classes: tuple[int, ...] = DRIVABLE_CL
         enclosed[0] = False
         enclosed[border] = False
         drivable |= enclosed[labels]
-    if margin_px > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
-        drivable = cv2.dilate(drivable.astype(np.uint8), kernel).astype(bool)
-    return drivable
+    return dilate(drivable, margin_px)
+
+
+def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """``(H, W)`` bool dilated by a disc of ``radius_px`` (0 = unchanged)."""
+    if radius_px <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+#: Smallest share of the image the drivable region must cover for the scene-adaptive threshold to read it.
+MIN_ADAPTIVE_REGION = 0.01
+
+
+def frame_threshold(score_map: np.ndarray, cfg: PostprocessCfg, region: np.ndarray | None) -> float:
+    """The threshold of this frame: ``cfg.threshold``, or with ``cfg.adaptive_quantile`` the scene-adaptive one,
+    ``clip(quantile(score over region) + adaptive_offset, adaptive_floor, threshold)``.
+
+    Args: score_map ``(H, W)`` float; region ``(H, W)`` bool drivable region without margin (None or under
+    :data:`MIN_ADAPTIVE_REGION` of the image: ``cfg.threshold``).
+    """
+    if cfg.adaptive_quantile is None or region is None or region.mean() < MIN_ADAPTIVE_REGION:
+        return float(cfg.threshold)
+    level = float(np.quantile(score_map[region], cfg.adaptive_quantile)) + cfg.adaptive_offset
+    return float(min(max(level, cfg.adaptive_floor), cfg.threshold))
 
 
 def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, max_area_px: int | None = None,
                    min_mean_score: float | None = None, region: np.ndarray | None = None,
                    min_region_overlap: float = 0.0,
-                   min_peak_score: float | None = None) -> tuple[np.ndarray, list[Obstacle]]:
+                   min_peak_score: float | None = None, min_size_per_row: float = 0.0,
+                   horizon_row: float = 0.0) -> tuple[np.ndarray, list[Obstacle]]:
     """8-connected components of ``mask``, each kept or rejected as a whole.
 
     Args:
@@ -166,6 +235,8 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
         region, min_region_overlap: ``(H, W)`` bool drivable region and the share of a component's pixels that
             must lie in it.
         min_peak_score: lowest maximum score of a kept component (None = no limit).
+        min_size_per_row, horizon_row: flat-ground size rule (module docstring): ``sqrt(area) ≥ min_size_per_row ·
+            (y + h − horizon_row)`` for a component whose bounding box ends at row ``y + h − 1`` (0 = off).
     Returns:
         ``(kept (H, W) bool, obstacles)`` with obstacles sorted by decreasing area, ids 1..N.
     """
@@ -175,6 +246,9 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
     ok[0] = False
     if max_area_px is not None:
         ok &= areas <= max_area_px
+    if min_size_per_row > 0:
+        below = np.maximum(stats[:, cv2.CC_STAT_TOP] + stats[:, cv2.CC_STAT_HEIGHT] - horizon_row, 0.0)
+        ok &= np.sqrt(areas) >= min_size_per_row * below
     if count > 1 and (min_mean_score is not None or (region is not None and min_region_overlap > 0)):
         flat = labels.ravel()
         if min_mean_score is not None:
@@ -208,25 +282,32 @@ def find_obstacles(mask: np.ndarray, score_map: np.ndarray, min_area_px: int, ma
     return kept, obstacles
 
 
-def postprocess(score_map: np.ndarray, cfg: PostprocessCfg,
-                semantic: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle], np.ndarray | None]:
-    """Score map ``(H, W)`` → ``(obstacle mask (H, W) bool, obstacles, drivable region (H, W) bool or None)``.
+def postprocess(score_map: np.ndarray, cfg: PostprocessCfg, semantic: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list[Obstacle], np.ndarray | None, float]:
+    """Score map ``(H, W)`` → ``(obstacle mask (H, W) bool, obstacles, drivable region (H, W) bool or None,
+    the frame's threshold)``.
 
     ``semantic`` (train IDs at the same resolution) is required when the rules read the drivable region
-    (``drivable_only`` or ``min_drivable_overlap``).
+    (``drivable_only``, ``min_drivable_overlap`` or the scene-adaptive threshold).
     """
-    candidates = threshold_mask(score_map, cfg.threshold)
-    region = None
+    region = core = None
     if cfg.needs_semantic:
         if semantic is None:
-            raise ConfigError("drivable_only / min_drivable_overlap need the semantic map (train IDs) of the frame")
-        region = drivable_region(semantic, cfg.drivable_classes, cfg.drivable_margin_px)
-        if cfg.drivable_only:
-            candidates &= region
+            raise ConfigError("drivable_only / min_drivable_overlap / adaptive_quantile need the semantic map "
+                              "(train IDs) of the frame")
+        core = drivable_region(semantic, cfg.drivable_classes)
+        region = dilate(core, cfg.drivable_margin_px)
+    threshold = frame_threshold(score_map, cfg, core)
+    candidates = threshold_mask(score_map, threshold)
+    if cfg.drivable_only:
+        candidates &= region
     if cfg.merge_gap_px > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.merge_gap_px + 1, 2 * cfg.merge_gap_px + 1))
         candidates = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
     max_area = None if cfg.max_area_frac >= 1.0 else int(cfg.max_area_frac * score_map.size)
+    peaks = [v for v in (cfg.min_peak_score, None if cfg.min_peak_margin is None
+                         else threshold + cfg.min_peak_margin) if v is not None]
     kept, obstacles = find_obstacles(candidates, score_map, cfg.min_area_px, max_area, cfg.min_mean_score, region,
-                                     cfg.min_drivable_overlap, cfg.min_peak_score)
-    return kept, obstacles, region
+                                     cfg.min_drivable_overlap, max(peaks) if peaks else None,
+                                     cfg.min_size_rel_camera_height, cfg.horizon_row_frac * score_map.shape[0])
+    return kept, obstacles, region, threshold

@@ -192,7 +192,8 @@ def test_a_model_config_ships_its_default_score_and_obstacle_rules(tmp_path):
     (tmp_path / "shipped_rules_test.yaml").write_text(
         "family: espnetv2\nclasses: cityscapes\narch: {num_outputs: 20, scale: 1.0, decoder_base: 16}\n"
         "score: entropy\npostprocess: {threshold: 0.62, min_mean_score: 0.7, min_peak_score: 0.8, max_area_frac: 0.05, "
-        "min_area_px: 300}\n")
+        "min_area_px: 300, adaptive_quantile: 0.9, adaptive_floor: 0.3, min_peak_margin: 0.1, "
+        "min_size_rel_camera_height: 0.1}\n")
     (tmp_path / "bad_rules_test.yaml").write_text(
         "family: espnetv2\nclasses: cityscapes\narch: {scale: 1.0}\nscore: msp\npostprocess: {treshold: 0.5}\n")
     add_model_config(tmp_path)
@@ -205,7 +206,13 @@ def test_a_model_config_ships_its_default_score_and_obstacle_rules(tmp_path):
     assert post.min_peak_score == 0.8
     assert other.threshold == 0.5 and other.min_mean_score is None and other.max_area_frac == 0.05
     assert other.min_peak_score is None
-    assert create_predictor("shipped_rules_test", weights=None, threshold=0.8).postprocess_cfg.threshold == 0.8
+    # the scene-adaptive threshold and the peak margin are in score units: shipped for the default score only; the
+    # flat-ground size rule is geometric and stays
+    assert (post.adaptive_quantile, post.adaptive_floor, post.min_peak_margin) == (0.9, 0.3, 0.1)
+    assert other.adaptive_quantile is None and other.min_peak_margin is None
+    assert post.min_size_rel_camera_height == other.min_size_rel_camera_height == 0.1
+    fixed = create_predictor("shipped_rules_test", weights=None, threshold=0.8).postprocess_cfg
+    assert fixed.threshold == 0.8 and fixed.adaptive_quantile is None        # a threshold given is fixed
     with pytest.raises(ConfigError, match="unknown post-processing settings"):
         create_predictor("bad_rules_test", weights=None)
 
@@ -233,8 +240,16 @@ def test_default_score_is_the_shipped_fusion_and_its_obstacle_list(road_obstacle
     np.testing.assert_allclose(maps["fused"], fuse({s: maps[s] for s in cfg.sources}, cfg), atol=1e-5)
     _, frame, label = load_dataset("road_obstacle_21").load(6)
     result = predictor.predict(frame)
+    if rules.adaptive_quantile is not None:                  # the scene-adaptive threshold stays in its bounds
+        assert rules.adaptive_floor <= result.threshold <= rules.threshold
+    else:
+        assert result.threshold == rules.threshold
+    peak = max(rules.min_peak_score or 0.0, result.threshold + (rules.min_peak_margin or 0.0))
+    horizon = rules.horizon_row_frac * label.shape[0]
     for o in result.obstacles:
-        assert rules.min_area_px <= o.area_px <= rules.max_area_frac * label.size and o.max_score >= rules.min_peak_score
+        assert rules.min_area_px <= o.area_px <= rules.max_area_frac * label.size and o.max_score >= peak
+        below = max(o.bbox[1] + o.bbox[3] - horizon, 0.0)     # the flat-ground size rule
+        assert np.sqrt(o.area_px) >= rules.min_size_rel_camera_height * below
     hits = [o for o in result.obstacles
             if (label[o.bbox[1]:o.bbox[1] + o.bbox[3], o.bbox[0]:o.bbox[0] + o.bbox[2]] == 1).any()]
     assert hits, [o.to_dict() for o in result.obstacles]

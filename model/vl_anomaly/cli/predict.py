@@ -41,8 +41,9 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score", default=None, choices=list_scores(),
                         help=f"anomaly score (default: the model's, e.g. {DEFAULT_SCORE} for single networks)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="obstacle threshold in score units (default: the model's calibrated threshold for its "
-                             "default score, else the score's documented default)")
+                        help="obstacle threshold in score units, the same for every frame (default: the model's "
+                             "calibrated threshold for its default score, per frame where it ships a scene-adaptive "
+                             "one, else the score's documented default)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 …")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size (default: the weights' training size)")
@@ -117,7 +118,7 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred: Prediction,
                   overlay(image, pred.score_map, pred.obstacle_mask, pred.obstacles, lo, hi, drivable=pred.drivable))
     record = {
         "source": source, "stem": stem, "height": int(image.shape[0]), "width": int(image.shape[1]),
-        "score": predictor.score_name, "threshold": predictor.postprocess_cfg.threshold,
+        "score": predictor.score_name, "threshold": pred.threshold,
         "score_png_range": [lo, hi], "score_min": float(pred.score_map.min()),
         "score_max": float(pred.score_map.max()), "score_mean": float(pred.score_map.mean()),
         "num_obstacles": len(pred.obstacles), "obstacles": [o.to_dict() for o in pred.obstacles],
@@ -208,10 +209,18 @@ def run_predict(items: list[tuple[Path, str]], out_dir: Path, predictor: Anomaly
     return summary
 
 
+def _threshold_text(post: dict) -> str:
+    """The threshold of the post-processing rules: fixed, or the scene-adaptive rule's bounds."""
+    if post.get("adaptive_quantile") is None:
+        return f"{post['threshold']}"
+    return (f"per frame ({post['adaptive_quantile']} quantile on the road + {post['adaptive_offset']}, within "
+            f"[{post['adaptive_floor']}, {post['threshold']}])")
+
+
 def _summary_markdown(summary: dict) -> str:
     p = summary["predictor"]
     lines = [f"# vl-anomaly predict — {summary['date']}", "",
-             f"model `{p['model']}`, score `{p['score']}`, threshold {p['postprocess']['threshold']}, "
+             f"model `{p['model']}`, score `{p['score']}`, threshold {_threshold_text(p['postprocess'])}, "
              f"device {p['device']}, network input {p['preprocess']['input_size']}", "",
              f"{summary['num_frames']} frames in {summary['elapsed_s']} s "
              f"(mean network time {summary['mean_network_ms']} ms, {summary['machine']['torch_threads']} threads); "
