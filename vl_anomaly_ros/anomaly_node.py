@@ -78,7 +78,7 @@ from .conversions import (RejectedFrame, array_to_image_msg, check_image_msg, co
                           image_msg_to_rgb, obstacle_array_msg, stamp_ns)
 from .environment import ensure_venv_ament_prefix, use_shipped_fastdds_profile
 from .frame_queue import FrameQueue
-from .ground import PinholeCamera, obstacle_ground_points
+from .ground import PinholeCamera, horizon_row_frac, obstacle_ground_points
 from .markers import obstacle_markers
 from .model_worker import ModelWorker
 from .shutdown import ShutdownSignals
@@ -272,12 +272,16 @@ class AnomalyNode(LifecycleNode):
                                                       "drivable_margin_px")}
         values.update(overrides or {})
         threshold, min_area = values["threshold"], int(values["min_obstacle_area_px"])
+        shipped = self._shipped_postprocess
+        adaptive = shipped.adaptive_quantile               # the calibrated scene-adaptive threshold, if shipped
         if threshold is None or math.isnan(threshold):
-            threshold = self._shipped_postprocess.threshold          # the model's calibrated value for its score
+            threshold = shipped.threshold                  # the model's calibrated value for its score
+        else:
+            adaptive = None                                # a threshold the user sets is the threshold
         if min_area == 0:
-            min_area = self._shipped_postprocess.min_area_px
+            min_area = shipped.min_area_px
         self.predictor.postprocess_cfg = replace(self.predictor.postprocess_cfg, threshold=float(threshold),
-                                                 min_area_px=min_area,
+                                                 adaptive_quantile=adaptive, min_area_px=min_area,
                                                  drivable_only=bool(values["drivable_only"]),
                                                  drivable_margin_px=int(values["drivable_margin_px"]))
 
@@ -500,7 +504,11 @@ class AnomalyNode(LifecycleNode):
         rgb = compressed_msg_to_rgb(msg) if frame.compressed else image_msg_to_rgb(msg, self.param("max_input_pixels"))
         t1 = time.monotonic()
         predictor = self.predictor
-        prediction = predictor.predict(rgb)
+        camera = self._camera
+        rules = predictor.postprocess_cfg
+        if camera is not None and camera.fits(rgb.shape[1], rgb.shape[0]) and rules.min_size_rel_camera_height > 0:
+            rules = replace(rules, horizon_row_frac=horizon_row_frac(camera, self.param("camera_pitch_deg")))
+        prediction = predictor.predict(rgb, rules)        # the size rule's horizon from this camera's geometry
         t2 = time.monotonic()
         pubs = self._outputs
         # Images are converted and published only while someone subscribes (a planner, RViz, a recorder): a
@@ -512,7 +520,6 @@ class AnomalyNode(LifecycleNode):
             pubs["mask"].publish(array_to_image_msg(mask, "mono8", header))
         ground = None
         height_m = self.param("camera_height_m")
-        camera = self._camera
         if camera is not None and height_m > 0:
             if camera.fits(rgb.shape[1], rgb.shape[0]):
                 ground = obstacle_ground_points(prediction.obstacles, camera, rgb.shape[1], rgb.shape[0], height_m,
@@ -523,7 +530,7 @@ class AnomalyNode(LifecycleNode):
                     "camera_info", f"camera_info is for {camera.width}x{camera.height}, the image is "
                                    f"{rgb.shape[1]}x{rgb.shape[0]} (another aspect ratio): no ground positions")
         pubs["obstacles"].publish(obstacle_array_msg(prediction.obstacles, header, predictor.score_name,
-                                                     predictor.postprocess_cfg.threshold, ground))
+                                                     prediction.threshold, ground))
         if pubs["markers"].get_subscription_count() > 0:
             fitting = camera if camera is not None and camera.fits(rgb.shape[1], rgb.shape[0]) else None
             pubs["markers"].publish(obstacle_markers(prediction.obstacles, header, rgb.shape[1], rgb.shape[0],

@@ -78,3 +78,11 @@ def obstacle_ground_points(obstacles, camera: PinholeCamera, image_width: int, i
         x, y, w, h = obstacle.bbox
         points.append(ground_point(camera, x + (w - 1) / 2.0, y + h - 1, camera_height_m, camera_pitch_deg))
     return points
+
+
+def horizon_row_frac(camera: PinholeCamera, camera_pitch_deg: float = 0.0) -> float:
+    """Image row of the flat ground's horizon as a share of the image height (the size rule's
+    ``horizon_row_frac``, :mod:`vl_anomaly.postprocess`): ``cy − fy · tan(pitch)`` for a camera pitched down by
+    ``pitch``, clipped to ``[0, 0.99]`` (a horizon above the image: every row is ground)."""
+    row = camera.cy - camera.fy * math.tan(math.radians(camera_pitch_deg))
+    return float(min(max((row + 0.5) / camera.height, 0.0), 0.99))

@@ -92,8 +92,9 @@ PARAMS: dict[str, ParamSpec] = {
                        read_only=True,
                        check=_score_check),
     "threshold": ParamSpec(float("nan"), "obstacle threshold in score units (score ≥ threshold is anomalous); "
-                                         "NaN = the model's calibrated threshold for its default score, else the score's "
-                                         "documented default", allow_nan=True),
+                                         "NaN = the model's calibrated threshold for its default score (the "
+                                         "scene-adaptive one where its config ships it), else the score's "
+                                         "documented default; a number = that fixed threshold", allow_nan=True),
     "min_obstacle_area_px": ParamSpec(0, "smallest obstacle kept, pixels of the input image; 0 = the model's "
                                          "shipped value (100 for single networks)", min=0, max=10**8),
     "drivable_only": ParamSpec(True, "keep anomalies inside the predicted drivable region (road/sidewalk + margin)"),
@@ -116,7 +117,8 @@ PARAMS: dict[str, ParamSpec] = {
                                              "JPEG/PNG)", read_only=True),
     "camera_height_m": ParamSpec(0.0, "camera height above a flat ground, metres; > 0 with camera_info gives "
                                       "obstacles a ground position and distance", min=0.0, max=100.0),
-    "camera_pitch_deg": ParamSpec(0.0, "downward pitch of the camera's optical axis, degrees (flat-ground model)",
+    "camera_pitch_deg": ParamSpec(0.0, "downward pitch of the camera's optical axis, degrees (flat-ground model; with "
+                                  "camera_info it also places the horizon of the obstacle size rule)",
                                   min=-45.0, max=89.0),
     "diagnostics_period_s": ParamSpec(1.0, "period of /diagnostics, seconds", read_only=True, min=0.05, max=60.0),
     "no_input_warn_s": ParamSpec(5.0, "diagnostics warn when no frame arrived for this long, seconds",

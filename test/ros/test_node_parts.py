@@ -16,7 +16,7 @@ from ros_harness import REPO_ROOT
 from vl_anomaly.postprocess import Obstacle
 from vl_anomaly_ros import params as P
 from vl_anomaly_ros.frame_queue import FrameQueue
-from vl_anomaly_ros.ground import PinholeCamera, ground_point, obstacle_ground_points
+from vl_anomaly_ros.ground import PinholeCamera, ground_point, horizon_row_frac, obstacle_ground_points
 from vl_anomaly_ros.model_worker import ModelWorker, WorkerStopped, WorkerTimeout
 from vl_anomaly_ros.stats import FrameStats, diagnostic_values, frame_status
 
@@ -192,6 +192,20 @@ def test_ground_points_of_obstacles_scale_the_intrinsics():
     half = obstacle_ground_points([half_obstacle], CAMERA, 960, 540, 1.5)[0]
     assert full[2] == pytest.approx(1.5 * 1000 / (639 - 539.5))
     assert half[2] == pytest.approx(full[2], rel=0.02)                 # same point seen at half resolution
+
+
+def test_horizon_of_the_size_rule_from_camera_info():
+    """The obstacle size rule's horizon (vl_anomaly.postprocess) sits at the principal point's row for a level
+    camera and fy·tan(pitch) higher for one pitched down, the same share of the height at any resolution; the
+    ground points of the flat-ground model meet it there."""
+    assert horizon_row_frac(CAMERA) == pytest.approx(0.5)
+    pitched = horizon_row_frac(CAMERA, 10.0)
+    assert pitched * 1080 == pytest.approx(540.0 - 1000.0 * math.tan(math.radians(10.0)))
+    assert horizon_row_frac(CAMERA.scaled_to(960, 540), 10.0) == pytest.approx(pitched)
+    row = pitched * 1080 - 0.5                           # pixel-centre row of that horizon
+    assert ground_point(CAMERA, 959.5, row - 1.0, 1.5, 10.0) is None
+    assert ground_point(CAMERA, 959.5, row + 1.0, 1.5, 10.0) is not None
+    assert horizon_row_frac(CAMERA, -60.0) == 0.99 and horizon_row_frac(CAMERA, 80.0) == 0.0
 
 
 def test_parameter_validation_reasons():
