@@ -41,7 +41,6 @@ go to the node's log; a TensorRT engine build is also shown in ``/diagnostics`` 
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import threading
 import time
@@ -271,19 +270,9 @@ class AnomalyNode(LifecycleNode):
         values = {name: self.param(name) for name in ("threshold", "min_obstacle_area_px", "drivable_only",
                                                       "drivable_margin_px")}
         values.update(overrides or {})
-        threshold, min_area = values["threshold"], int(values["min_obstacle_area_px"])
-        shipped = self._shipped_postprocess
-        adaptive = shipped.adaptive_quantile               # the calibrated scene-adaptive threshold, if shipped
-        if threshold is None or math.isnan(threshold):
-            threshold = shipped.threshold                  # the model's calibrated value for its score
-        else:
-            adaptive = None                                # a threshold the user sets is the threshold
-        if min_area == 0:
-            min_area = shipped.min_area_px
-        self.predictor.postprocess_cfg = replace(self.predictor.postprocess_cfg, threshold=float(threshold),
-                                                 adaptive_quantile=adaptive, min_area_px=min_area,
-                                                 drivable_only=bool(values["drivable_only"]),
-                                                 drivable_margin_px=int(values["drivable_margin_px"]))
+        self.predictor.postprocess_cfg = P.postprocess_from_params(
+            self._shipped_postprocess, values["threshold"], values["min_obstacle_area_px"],
+            bool(values["drivable_only"]), values["drivable_margin_px"])
 
     # ------------------------------------------------------------------ lifecycle
     def _load_predictor(self):

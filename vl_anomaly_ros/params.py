@@ -7,11 +7,12 @@ read-only ones (model, weights, device, input size, QoS) take effect on the next
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from vl_anomaly.defaults import DEFAULT_MODEL, DEFAULT_SCORE
 from vl_anomaly.deploy import BACKENDS
+from vl_anomaly.postprocess import PostprocessCfg
 from vl_anomaly.registry import list_models
 from vl_anomaly.scores import list_scores
 
@@ -97,7 +98,10 @@ PARAMS: dict[str, ParamSpec] = {
                                          "documented default; a number = that fixed threshold", allow_nan=True),
     "min_obstacle_area_px": ParamSpec(0, "smallest obstacle kept, pixels of the input image; 0 = the model's "
                                          "shipped value (100 for single networks)", min=0, max=10**8),
-    "drivable_only": ParamSpec(True, "keep anomalies inside the predicted drivable region (road/sidewalk + margin)"),
+    "drivable_only": ParamSpec(True, "obstacles only on the predicted drivable region (road/sidewalk + margin): "
+                                     "the model's shipped drivable rule (lite_ensemble_cityscapes: at least half "
+                                     "of each obstacle on it), else anomalous pixels cut to the region; false = "
+                                     "anywhere in the image"),
     "drivable_margin_px": ParamSpec(20, "dilation of the drivable region, pixels", min=0, max=1000),
     "publish_overlay": ParamSpec(True, "compute and publish ~/overlay (bgr8), only while it has subscribers"),
     "queue_policy": ParamSpec("latest", "frames arriving faster than inference: 'latest' keeps only the newest "
@@ -129,6 +133,32 @@ PARAMS: dict[str, ParamSpec] = {
                                           "model thread to end on SIGINT/SIGTERM, seconds; past it the node logs "
                                           "what it waited for and goes on", min=0.1, max=600.0),
 }
+
+
+def postprocess_from_params(shipped: PostprocessCfg, threshold: float, min_area_px: int, drivable_only: bool,
+                            drivable_margin_px: int) -> PostprocessCfg:
+    """The obstacle rules the node runs: the model's ``shipped`` rules for its score, changed only where a
+    parameter says so. Its defaults (threshold NaN, area 0, ``drivable_only`` true) give the shipped rules
+    exactly, so the node publishes what ``predict`` and the calibration measure.
+
+    * ``threshold`` NaN: the shipped threshold (scene-adaptive where shipped); a number: that fixed threshold.
+    * ``min_area_px`` 0: the shipped smallest area.
+    * ``drivable_only`` true: the shipped drivable rule — cut to the region and/or ``min_drivable_overlap`` per
+      component — or, for a model that ships none, anomalous pixels cut to the region; false: neither.
+    """
+    adaptive = shipped.adaptive_quantile
+    if threshold is None or threshold != threshold:                 # NaN: the model's
+        threshold = shipped.threshold
+    else:
+        adaptive = None                                             # a threshold the user sets is the threshold
+    if drivable_only:
+        has_rule = shipped.drivable_only or shipped.min_drivable_overlap > 0
+        cut, overlap = (shipped.drivable_only if has_rule else True), shipped.min_drivable_overlap
+    else:
+        cut, overlap = False, 0.0
+    return replace(shipped, threshold=float(threshold), adaptive_quantile=adaptive,
+                   min_area_px=int(min_area_px) or shipped.min_area_px, drivable_only=cut,
+                   min_drivable_overlap=overlap, drivable_margin_px=int(drivable_margin_px))
 
 
 def validate(name: str, value: Any) -> str | None:

@@ -208,6 +208,29 @@ def test_horizon_of_the_size_rule_from_camera_info():
     assert horizon_row_frac(CAMERA, -60.0) == 0.99 and horizon_row_frac(CAMERA, 80.0) == 0.0
 
 
+def test_node_parameters_at_their_defaults_run_the_shipped_obstacle_rules():
+    """What the node runs from its rule parameters (P.postprocess_from_params): at the defaults (threshold NaN,
+    area 0, drivable_only true) exactly the model's shipped rules — what predict and the calibration measure —;
+    a threshold set is fixed; drivable_only false drops the drivable rule; a model that ships none gets the
+    anomalous pixels cut to the drivable region."""
+    from dataclasses import replace
+
+    from vl_anomaly.factory import default_postprocess
+
+    ensemble = default_postprocess("lite_ensemble_cityscapes")
+    assert ensemble.adaptive_quantile is not None and ensemble.min_drivable_overlap > 0
+    assert P.postprocess_from_params(ensemble, float("nan"), 0, True, 20) == ensemble
+    fixed = P.postprocess_from_params(ensemble, 0.7, 300, True, 20)
+    assert fixed == replace(ensemble, threshold=0.7, adaptive_quantile=None, min_area_px=300)
+    anywhere = P.postprocess_from_params(ensemble, float("nan"), 0, False, 20)
+    assert (anywhere.drivable_only, anywhere.min_drivable_overlap) == (False, 0.0)
+    single = default_postprocess("espnetv2_s2.0_cityscapes")
+    assert not single.drivable_only and single.min_drivable_overlap == 0
+    assert P.postprocess_from_params(single, float("nan"), 0, True, 10) == replace(single, drivable_only=True,
+                                                                                  drivable_margin_px=10)
+    assert not P.postprocess_from_params(single, float("nan"), 0, False, 10).drivable_only
+
+
 def test_parameter_validation_reasons():
     assert P.validate("threshold", 0.7) is None and P.validate("threshold", float("nan")) is None
     assert "type" in P.validate("threshold", "high")
