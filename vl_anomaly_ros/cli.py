@@ -144,6 +144,8 @@ def _replay_eval(args: argparse.Namespace) -> int:
         px = entry["scores"][rep["score"]]["pixel"]
         print(f"{name} ({rep['score']}, {rep['frames_out']}/{rep['frames_in']} frames with output): "
               f"AP {px['AuPRC']:.2f}  FPR95 {px['FPR95']:.2f}  AuROC {px['AuROC']:.2f}")
+    if rep.get("planner_view"):
+        print(f"obstacles a planner received: {_planner_line(rep['planner_view'])}")
     print(f"report: {Path(args.output).resolve() / 'report.md'}")
     return 0
 
@@ -210,12 +212,14 @@ def _ros_demo(args: argparse.Namespace) -> int:
     lat = rep["latency_ms"]
     summary = {"dataset": dataset.name, "frames": result.frames_published, "node_processed": c.get("processed"),
                "node_dropped": c.get("dropped"), "node_rejected": c.get("rejected"),
-               "AP": px["AuPRC"], "FPR95": px["FPR95"], "latency_ms": lat,
+               "AP": px["AuPRC"], "FPR95": px["FPR95"], "latency_ms": lat, "planner_view": rep.get("planner_view"),
                "seconds": round(time.perf_counter() - start, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n{dataset.name} through the node: {result.frames_published} frames in, {c.get('processed')} processed, "
           f"{c.get('dropped')} dropped, {c.get('rejected')} rejected; AP {px['AuPRC']:.2f}, FPR95 {px['FPR95']:.2f}"
           + (f"; latency p50 {lat['p50']:.0f} ms" if lat.get("n") else ""))
+    if rep.get("planner_view"):
+        print(f"obstacles a planner received: {_planner_line(rep['planner_view'])}")
     print(f"report:   {(out / 'report' / 'report.md').resolve()}")
     print(f"overlays: {(out / 'overlays').resolve()} ({frames} PNGs, overlay.mp4)")
     print(f"bags:     {(out / 'input_bag').resolve()}  {(out / 'output_bag').resolve()}")
@@ -233,3 +237,9 @@ def register_ros_demo(sub) -> None:
     p.add_argument("--pace", choices=["flow", "recorded"], default="flow")
     _add_node_arguments(p, model=DEMO_MODEL)
     p.set_defaults(func=_ros_demo)
+
+
+def _planner_line(view: dict) -> str:
+    """One line of the replay's planner view (vl_anomaly_ros.replay_eval)."""
+    return (f"{view['false_per_frame']:.2f} false per frame ({100 * view['false_area_share']:.1f} % of the image), "
+            f"{view['found']}/{view['objects']} labelled objects found ({100 * view['found_share']:.0f} %)")

@@ -2,8 +2,10 @@
 
 The metrics, report and plots are those of ``vl-anomaly eval`` (the same :func:`vl_anomaly.evaluation.run_evaluation`
 on the node's score maps, cast to float16 like every evaluated map), plus the replay's frames in / out / dropped
-and latency distribution. A replay of a shared set with the node's settings gives exactly the offline numbers
-(tested).
+and latency distribution, and what a planner received: the node's recorded obstacle masks judged by
+:func:`vl_anomaly.metrics.obstacles.obstacle_counts` (false obstacles per frame, false area, objects found,
+obstacles real; the figures of ``benchmarks/bench_obstacles.py``) with the frames' thresholds from the obstacle
+lists. A replay of a shared set with the node's settings gives exactly the offline numbers (tested).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from vl_anomaly.datasets import DATASETS, SMIYC_LABELS, AnomalyDataset, Frame
 from vl_anomaly.evaluation import run_evaluation
+from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
 
 from .bags import DEFAULT_GT_TOPIC, DEFAULT_NAME_TOPIC, BagError, BagFile
 from .conversions import image_msg_to_array, stamp_ns
@@ -80,6 +83,9 @@ def replay_eval(input_bag: Path, output_bag: Path, out_dir: Path, node_name: str
     name, fid_by_stamp, frames = _ground_truth(Path(input_bag), out_dir / "frames", gt_topic, name_topic,
                                                image_topic, progress, recover)
     score_topic, obstacles_topic = f"/{node_name}/anomaly_score", f"/{node_name}/obstacles"
+    mask_topic = f"/{node_name}/obstacle_mask"
+    label_by_stamp = {stamp: f.label for stamp, f in zip(sorted(fid_by_stamp), frames)}
+    planner, planner_frames, thresholds = ObstacleCounts(), 0, []
     maps_dir = out_dir / "replayed_score_maps"
     for stale in (maps_dir / name, out_dir / "score_maps" / name):     # never mix maps of an earlier replay
         shutil.rmtree(stale, ignore_errors=True)
@@ -92,11 +98,18 @@ def replay_eval(input_bag: Path, output_bag: Path, out_dir: Path, node_name: str
         if score_topic not in bag.topics:
             raise BagError(f"output bag {output_bag} has no {score_topic}; topics: {', '.join(sorted(bag.topics))}"
                            " (was the node named differently? use --node-name)")
-        for topic, t_ns, msg in tqdm(bag.messages([score_topic, obstacles_topic]), desc="node outputs",
+        for topic, t_ns, msg in tqdm(bag.messages([score_topic, obstacles_topic, mask_topic]), desc="node outputs",
                                      unit="msg", disable=not progress):
             stamp = stamp_ns(msg)
             if topic == obstacles_topic:
                 score_names.add(msg.score)
+                if stamp in fid_by_stamp:
+                    thresholds.append(float(msg.threshold))
+                continue
+            if topic == mask_topic:                  # what a planner received, judged against the ground truth
+                if stamp in label_by_stamp:
+                    planner = planner + _planner_counts(image_msg_to_array(msg), label_by_stamp[stamp])
+                    planner_frames += 1
                 continue
             fid = fid_by_stamp.get(stamp)
             if fid is None:
@@ -130,6 +143,10 @@ def replay_eval(input_bag: Path, output_bag: Path, out_dir: Path, node_name: str
                                                      "p95": float(np.percentile(latencies, 95)),
                                                      "max": float(latencies.max())} if latencies.size else {})},
         "latency_definition": "score map recorded (bag time) − frame published, wall clock, ms",
+        "planner_view": None if not planner_frames else {
+            **planner.to_dict(),
+            "threshold": {"min": min(thresholds), "median": float(np.median(thresholds)), "max": max(thresholds)}
+            if thresholds else None},
     }
     results["replay"] = replay_info
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -142,10 +159,35 @@ def replay_eval(input_bag: Path, output_bag: Path, out_dir: Path, node_name: str
                      f"| {len(fid_by_stamp)} | {len(received)} | {len(missing)} | {diagnostics.get('processed', '-')} "
                      f"| {diagnostics.get('dropped', '-')} | {diagnostics.get('rejected', '-')} | "
                      + (f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['max']:.0f}" if lat["n"] else "-") + " |\n")
+        view = replay_info["planner_view"]
+        if view:
+            thr = view["threshold"]
+            report.write("\n### What a planner received\n\n"
+                         f"The node's obstacle masks on {view['frames']} frames, judged as in "
+                         "`benchmarks/bench_obstacles.py` (components ≥ 50 px; false: < 25 % of its non-void pixels "
+                         "anomalous; found: ≥ 25 % of a labelled object covered by obstacles that are not false)"
+                         + (f"; the frames' thresholds {thr['min']:.3g} – {thr['max']:.3g} (median "
+                            f"{thr['median']:.3g})" if thr else "") + ".\n\n"
+                         "| false obstacles per frame | false area | objects found | obstacles real |\n"
+                         "|---|---|---|---|\n"
+                         f"| {view['false_per_frame']:.2f} | {100 * view['false_area_share']:.1f} % | "
+                         f"{view['found']} / {view['objects']} ({100 * view['found_share']:.0f} %) | "
+                         f"{view['real']} / {view['real'] + view['false']} ({100 * view['real_share']:.0f} %) |\n")
         if missing:
             report.write(f"\nFrames without a score map (dropped or rejected by the node, see its counters): "
                          f"{', '.join(missing)}. Metrics cover the {len(evaluated)} frames with one.\n")
     return results
+
+
+def _planner_counts(mask: np.ndarray, label_path: Path) -> ObstacleCounts:
+    """Counts of one recorded obstacle mask ``(H, W)`` mono8 (0 / 255) against its label (8-connected
+    components are the obstacles, as the node builds them)."""
+    label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    if mask.shape[:2] != label.shape:
+        raise BagError(f"recorded obstacle mask {mask.shape[1]}x{mask.shape[0]} does not match its ground truth "
+                       f"{label.shape[1]}x{label.shape[0]}")
+    _, components = cv2.connectedComponents((mask.reshape(label.shape) > 0).astype(np.uint8), connectivity=8)
+    return obstacle_counts(components, label)
 
 
 def _played(bag: BagFile) -> dict[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from ros_harness import NODE_TEST_PARAMS, message_as_plain, read_with_official_m
 from vl_anomaly import create_predictor
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
+from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
 from vl_anomaly_ros.bags import BagError, BagFile, write_dataset_bag
 from vl_anomaly_ros.conversions import image_msg_to_array
 from vl_anomaly_ros.replay import replay
@@ -70,6 +72,20 @@ def test_replay_metrics_equal_offline_evaluation(dataset, input_bag, tmp_path):
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## Replay" in report and "| 10 | 10 | 0 | 10 | 0 | 0 |" in report
     assert (tmp_path / "eval" / "plots" / "road_anomaly_21_curves.png").is_file()
+    # What a planner received: the recorded obstacle masks give the counts of the same rules offline (the node's
+    # defaults: drivable region with a 20 px margin, ≥ 100 px, the score's threshold 0.5), frame by frame.
+    rules = create_predictor("espnetv2_s2.0_cityscapes", input_size=(256, 512), drivable_only=True,
+                             drivable_margin_px=20)
+    expected = ObstacleCounts()
+    for i in range(len(dataset)):
+        _, image, label = dataset.load(i)
+        _, components = cv2.connectedComponents(rules.predict(image).obstacle_mask.astype(np.uint8), connectivity=8)
+        expected = expected + obstacle_counts(components, label)
+    view = info["planner_view"]
+    assert view["frames"] == 10 and expected.objects > 0 and expected.obstacles > 0
+    assert ObstacleCounts(**{k: view[k] for k in ObstacleCounts.__dataclass_fields__}) == expected
+    assert view["threshold"] == {"min": 0.5, "median": 0.5, "max": 0.5}
+    assert "### What a planner received" in report and f"{view['false_per_frame']:.2f}" in report
 
 
 def test_replay_compressed_bag_any_topic_recorded_pace_with_drops(dataset, tmp_path):
@@ -153,6 +169,35 @@ def test_replay_on_the_onnxruntime_backend(dataset, input_bag, tmp_path):
     ours = replayed["datasets"]["road_anomaly_21"]["scores"]["msp"]["pixel"]["AuPRC"]
     assert ours == pytest.approx(ap["onnxruntime"], abs=1e-6)
     assert abs(ours - ap["torch"]) < 0.1
+
+
+def test_the_planner_receives_the_calibrated_obstacle_list(dataset, input_bag, tmp_path):
+    """The README's model through the node with its default parameters publishes the obstacle list that
+    ``predict`` and ``benchmarks/bench_obstacles.py`` measure — the shipped rules, scene-adaptive threshold
+    included, not the node's own defaults on top of them (it once cut candidates to the drivable region, which
+    the calibrated per-obstacle overlap rule replaces): the replay's planner view equals the offline counts, and
+    the frames' thresholds are the offline ones."""
+    params = {**NODE_PARAMS, "model": "lite_ensemble_cityscapes"}
+    result = replay(input_bag, tmp_path / "out", node_name="vl_anomaly_replay_t6", node_params=params,
+                    progress=False, record_overlay=False)
+    assert result.node_counters["processed"] == 10
+    replayed = replay_eval(input_bag, tmp_path / "out", tmp_path / "eval", node_name="vl_anomaly_replay_t6",
+                           progress=False)
+    predictor = create_predictor("lite_ensemble_cityscapes", input_size=(256, 512))
+    assert predictor.postprocess_cfg.adaptive_quantile is not None and not predictor.postprocess_cfg.drivable_only
+    expected, thresholds = ObstacleCounts(), []
+    for i in range(len(dataset)):
+        _, image, label = dataset.load(i)
+        prediction = predictor.predict(image)
+        thresholds.append(prediction.threshold)
+        _, components = cv2.connectedComponents(prediction.obstacle_mask.astype(np.uint8), connectivity=8)
+        expected = expected + obstacle_counts(components, label)
+    view = replayed["replay"]["planner_view"]
+    assert expected.obstacles > 0 and ObstacleCounts(**{k: view[k] for k in ObstacleCounts.__dataclass_fields__}) \
+        == expected
+    assert view["threshold"]["min"] == pytest.approx(min(thresholds), rel=1e-6)
+    assert view["threshold"]["max"] == pytest.approx(max(thresholds), rel=1e-6)
+    assert min(thresholds) < max(thresholds)                 # the threshold follows the scene
 
 
 def _vl_anomaly(*args, **popen):
