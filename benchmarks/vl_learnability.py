@@ -2,7 +2,8 @@
 
 1. :mod:`vl_anomaly.train.synthetic` writes training scenes (Cityscapes layout), outlier objects (COCO layout), a
    validation split (scenes with objects of the *training* outlier family) and held-out test scenes whose objects
-   have shapes, hues and textures never pasted in training; 128 × 256 pixels.
+   have shapes, hues and textures never pasted in training; 256 × 512 pixels (``--quick`` and the Mask2Former
+   arrangement: 128 × 256; ``--size`` overrides).
 2. The registered ``vl_anomaly_espnetv2_vitb16`` arrangement (real ESPNetv2 Cityscapes weights) with a tiny
    random CLIP (the real tokenizer), its CLIP crops taken where the text-guided score fires, is evaluated
    untrained, trained with the real ``train()`` of ``vl-anomaly train`` — head and segmenter together
@@ -21,7 +22,8 @@ with a small Mask2Former (Swin, 32 wide, 20 queries; no Cityscapes Mask2Former w
 random weights together with its head — Mask2Former's own loss, R6, R9 (Hungarian) and R10 — same data, same
 evaluation.
 
-    .venv/bin/python benchmarks/vl_learnability.py [--quick] [--arrangement espnetv2|mask2former] [-o FILE]
+    .venv/bin/python benchmarks/vl_learnability.py [--quick] [--arrangement espnetv2|mask2former] [--size H W]
+        [-o FILE]
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ from vl_anomaly.train.trainer import TrainCfg, train
 
 SOURCES = ["msp", "text_guided", "clip_crops", "fused"]
 NAME = "vl_learnability_tiny"
+#: scene size (H, W) of the ``--quick`` runs and the Mask2Former arrangement; the full ESPNetv2 run uses
+#: :data:`FULL_SIZE`: the segmenter's stride-8 features resolve the small objects there (docs/method.md).
 SIZE = (128, 256)
+FULL_SIZE = (256, 512)
 PASTE_SIZE, PASTE_COUNT = (0.04, 0.4), 3
 #: registered arrangement per ``--arrangement``.
 ARRANGEMENTS = {"espnetv2": "vl_anomaly_espnetv2_vitb16", "mask2former": "vl_anomaly_mask2former_swin_t_vitb16"}
@@ -80,12 +85,13 @@ def register_tiny(folder: Path, arrangement: str = "espnetv2") -> str:
     return NAME
 
 
-def evaluate(weights: str, data: Path, out: Path, seed: int) -> tuple[dict[str, float], dict[str, float]]:
+def evaluate(weights: str, data: Path, out: Path, seed: int,
+             size: tuple[int, int] = SIZE) -> tuple[dict[str, float], dict[str, float]]:
     """Fit the fusion on the validation split, then pixel AP of every source on the test scenes; returns
     ``({source: AP}, fitted weights)``."""
     sources = [s for s in SOURCES if s != "fused"]
     torch.manual_seed(seed)                    # the same random CLIP as in training (same construction order)
-    predictor = create_predictor(NAME, weights=weights, score="text_guided", input_size=SIZE)
+    predictor = create_predictor(NAME, weights=weights, score="text_guided", input_size=size)
     validation = load_dataset(f"road_anomaly_21={data / 'validation'}")
     run_evaluation([validation], sources, out / "validation", predictor, workers=1)
     fusion = fit_fusion({"validation": sample_pixels(validation, out / "validation" / "score_maps", sources)},
@@ -98,36 +104,38 @@ def evaluate(weights: str, data: Path, out: Path, seed: int) -> tuple[dict[str, 
 
 
 def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
-        sizes: tuple[int, int, int] | None = None, arrangement: str = "espnetv2") -> dict:
+        sizes: tuple[int, int, int] | None = None, arrangement: str = "espnetv2",
+        size: tuple[int, int] | None = None) -> dict:
     """The whole path in ``workdir``; ``sizes`` = (train scenes, test scenes, iterations) overrides the presets
-    (ESPNetv2 quick: 160, 24, 400; full: 400, 60, 400 — more iterations overfit: 1200 gave fused AP 35,
-    docs/method.md; Mask2Former, from random weights: 160, 24, 300 and 400, 60, 800); the validation split has as
-    many scenes as the test one."""
+    (ESPNetv2 quick: 160, 24, 400 at 128×256; full: 400, 60, 400 at 256×512 — more iterations overfit: 1200 gave
+    fused AP 35, docs/method.md; Mask2Former, from random weights: 160, 24, 300 and 400, 60, 800 at 128×256) and
+    ``size`` = (H, W) the scene size; the validation split has as many scenes as the test one."""
     start = time.perf_counter()
     presets = {"espnetv2": ((160, 24, 400), (400, 60, 400)), "mask2former": ((160, 24, 300), (400, 60, 800))}
     n_train, n_test, iterations = sizes or presets[arrangement][0 if quick else 1]
+    size = tuple(size or (FULL_SIZE if arrangement == "espnetv2" and not quick else SIZE))
     data = workdir / "data"
-    write_cityscapes(data / "cityscapes", "train", n_train, SIZE, seed)
+    write_cityscapes(data / "cityscapes", "train", n_train, size, seed)
     write_coco_outliers(data / "coco", 48, seed=seed)
-    write_anomaly_set(data / "validation", n_test, SIZE, seed + 2, objects=(TRAIN_OUTLIERS[0], None))
-    write_anomaly_set(data / "novel", n_test, SIZE, seed + 1)
+    write_anomaly_set(data / "validation", n_test, size, seed + 2, objects=(TRAIN_OUTLIERS[0], None))
+    write_anomaly_set(data / "novel", n_test, size, seed + 1)
     register_tiny(workdir, arrangement)
     start_weights = "untrained" if arrangement == "espnetv2" else "none"      # no Mask2Former weights exist here
-    untrained, untrained_weights = evaluate(start_weights, data, workdir / "eval_untrained", seed)
+    untrained, untrained_weights = evaluate(start_weights, data, workdir / "eval_untrained", seed, size)
     cfg = TrainCfg(model=NAME, cityscapes=str(data / "cityscapes"), coco=str(data / "coco"),
                    output=str(workdir / "train"), weights=start_weights, clip_weights="default", paste_prob=0.8,
                    paste_size=PASTE_SIZE, paste_count=PASTE_COUNT, freeze_segmenter=False,
-                   crop=SIZE, min_scale=1.0, max_scale=1.0, iterations=iterations, batch_size=4, lr=1e-3,
+                   crop=size, min_scale=1.0, max_scale=1.0, iterations=iterations, batch_size=4, lr=1e-3,
                    workers=0, checkpoint_every=iterations, log_every=50, seed=seed, resume=False)
     t0 = time.perf_counter()
     history = train(cfg, progress=progress)
     train_s = time.perf_counter() - t0
     trained, trained_weights = evaluate(str(workdir / "train" / "checkpoint" / "head.safetensors"), data,
-                                        workdir / "eval_trained", seed)
+                                        workdir / "eval_trained", seed, size)
     losses = history["losses"]
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
             "platform": platform.platform(), "torch": torch.__version__, "quick": quick, "arrangement": arrangement,
-            "setup": {"train_scenes": n_train, "test_scenes": n_test, "size": list(SIZE), "iterations": iterations,
+            "setup": {"train_scenes": n_train, "test_scenes": n_test, "size": list(size), "iterations": iterations,
                       "batch": 4, "outliers": "discs/ellipses/triangles/squares/pentagons, hues 0-150 and 345-360 deg "
                                               f"(pasted with p=0.8, 1-{PASTE_COUNT} per crop, "
                                               f"{PASTE_SIZE[0]:g}-{PASTE_SIZE[1]:g} of its height)",
@@ -149,11 +157,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer scenes and iterations (≤ 4 min on 2 cores)")
     parser.add_argument("--arrangement", choices=sorted(ARRANGEMENTS), default="espnetv2")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="scene size (default 256 512 for the full ESPNetv2 run, else 128 256)")
     parser.add_argument("-o", "--output", default="benchmarks/results/vl_learnability.json")
     args = parser.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vl_learnability_") as workdir:
-        report = run(args.quick, Path(workdir), arrangement=args.arrangement)
+        report = run(args.quick, Path(workdir), arrangement=args.arrangement, size=args.size)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("untrained_ap", "trained_ap", "train_seconds", "seconds")}, indent=1))
