@@ -38,7 +38,7 @@ from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation.metrics_of_maps import evaluate_dataset
 from vl_anomaly.evaluation.score_maps import prefetch, score_map_dir
 from vl_anomaly.factory import create_predictor, default_postprocess, default_score
-from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
+from vl_anomaly.metrics.obstacles import ObstacleCounts, mask_obstacle_counts
 from vl_anomaly.postprocess import MIN_ADAPTIVE_REGION, PostprocessCfg, dilate, drivable_region, postprocess
 
 DATASETS = ["road_anomaly_21", "road_obstacle_21", "fs_static", "road_anomaly"]
@@ -93,8 +93,7 @@ def evaluate(cfg: PostprocessCfg, frames: dict[str, list[dict]], score: str) -> 
         for frame in items:
             score_map, semantic, label = _load(frame, score)
             mask, _, _, _ = postprocess(score_map, cfg, semantic)
-            _, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-            total = total + obstacle_counts(components, label)
+            total = total + mask_obstacle_counts(mask, label)
         out[name] = total
     return out
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vl_anomaly.datasets import DATASETS, SMIYC_LABELS, AnomalyDataset, Frame
 from vl_anomaly.evaluation import run_evaluation
-from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
+from vl_anomaly.metrics.obstacles import ObstacleCounts, mask_obstacle_counts
 
 from .bags import DEFAULT_GT_TOPIC, DEFAULT_NAME_TOPIC, BagError, BagFile
 from .conversions import image_msg_to_array, stamp_ns
@@ -180,14 +180,12 @@ def replay_eval(input_bag: Path, output_bag: Path, out_dir: Path, node_name: str
 
 
 def _planner_counts(mask: np.ndarray, label_path: Path) -> ObstacleCounts:
-    """Counts of one recorded obstacle mask ``(H, W)`` mono8 (0 / 255) against its label (8-connected
-    components are the obstacles, as the node builds them)."""
+    """Counts of one recorded obstacle mask ``(H, W)`` mono8 (0 / 255) against its label file."""
     label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
     if mask.shape[:2] != label.shape:
         raise BagError(f"recorded obstacle mask {mask.shape[1]}x{mask.shape[0]} does not match its ground truth "
                        f"{label.shape[1]}x{label.shape[0]}")
-    _, components = cv2.connectedComponents((mask.reshape(label.shape) > 0).astype(np.uint8), connectivity=8)
-    return obstacle_counts(components, label)
+    return mask_obstacle_counts(mask.reshape(label.shape), label)
 
 
 def _played(bag: BagFile) -> dict[int, int]:

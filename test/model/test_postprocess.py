@@ -212,3 +212,9 @@ def test_obstacle_list_metrics_on_a_synthetic_frame():
     assert (counts.false, counts.real, counts.found) == (1, 1, 1)     # the blob finds nothing
     assert counts.false_px == 3000 and counts.pixels == 10_000      # a planner must avoid all of a false obstacle
     assert counts.false_area_share == pytest.approx(0.30)
+    # from a mask (bool, or 0 / 255 as the node publishes it): its 8-connected components are the obstacles
+    from vl_anomaly.metrics.obstacles import mask_obstacle_counts
+
+    expected = obstacle_counts(obstacles, label)
+    assert mask_obstacle_counts(obstacles > 0, label) == expected
+    assert mask_obstacle_counts((obstacles > 0).astype(np.uint8) * 255, label) == expected

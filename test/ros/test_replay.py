@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 
@@ -14,7 +13,7 @@ from ros_harness import NODE_TEST_PARAMS, message_as_plain, read_with_official_m
 from vl_anomaly import create_predictor
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
-from vl_anomaly.metrics.obstacles import ObstacleCounts, obstacle_counts
+from vl_anomaly.metrics.obstacles import ObstacleCounts, mask_obstacle_counts
 from vl_anomaly_ros.bags import BagError, BagFile, write_dataset_bag
 from vl_anomaly_ros.conversions import image_msg_to_array
 from vl_anomaly_ros.replay import replay
@@ -33,6 +32,17 @@ def input_bag(dataset, tmp_path_factory):
     path = tmp_path_factory.mktemp("replay") / "road_anomaly_21"
     write_dataset_bag(dataset, path, rate_hz=10.0, progress=False)
     return path
+
+
+def _offline_planner_view(predictor, dataset) -> tuple[ObstacleCounts, list[float]]:
+    """Obstacle counts over the set of what ``predictor.predict`` gives, and each frame's threshold."""
+    total, thresholds = ObstacleCounts(), []
+    for i in range(len(dataset)):
+        _, image, label = dataset.load(i)
+        prediction = predictor.predict(image)
+        thresholds.append(prediction.threshold)
+        total = total + mask_obstacle_counts(prediction.obstacle_mask, label)
+    return total, thresholds
 
 
 def test_replay_metrics_equal_offline_evaluation(dataset, input_bag, tmp_path):
@@ -76,11 +86,7 @@ def test_replay_metrics_equal_offline_evaluation(dataset, input_bag, tmp_path):
     # defaults: drivable region with a 20 px margin, ≥ 100 px, the score's threshold 0.5), frame by frame.
     rules = create_predictor("espnetv2_s2.0_cityscapes", input_size=(256, 512), drivable_only=True,
                              drivable_margin_px=20)
-    expected = ObstacleCounts()
-    for i in range(len(dataset)):
-        _, image, label = dataset.load(i)
-        _, components = cv2.connectedComponents(rules.predict(image).obstacle_mask.astype(np.uint8), connectivity=8)
-        expected = expected + obstacle_counts(components, label)
+    expected, _ = _offline_planner_view(rules, dataset)
     view = info["planner_view"]
     assert view["frames"] == 10 and expected.objects > 0 and expected.obstacles > 0
     assert ObstacleCounts(**{k: view[k] for k in ObstacleCounts.__dataclass_fields__}) == expected
@@ -185,13 +191,7 @@ def test_the_planner_receives_the_calibrated_obstacle_list(dataset, input_bag, t
                            progress=False)
     predictor = create_predictor("lite_ensemble_cityscapes", input_size=(256, 512))
     assert predictor.postprocess_cfg.adaptive_quantile is not None and not predictor.postprocess_cfg.drivable_only
-    expected, thresholds = ObstacleCounts(), []
-    for i in range(len(dataset)):
-        _, image, label = dataset.load(i)
-        prediction = predictor.predict(image)
-        thresholds.append(prediction.threshold)
-        _, components = cv2.connectedComponents(prediction.obstacle_mask.astype(np.uint8), connectivity=8)
-        expected = expected + obstacle_counts(components, label)
+    expected, thresholds = _offline_planner_view(predictor, dataset)
     view = replayed["replay"]["planner_view"]
     assert expected.obstacles > 0 and ObstacleCounts(**{k: view[k] for k in ObstacleCounts.__dataclass_fields__}) \
         == expected

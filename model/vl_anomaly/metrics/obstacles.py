@@ -109,4 +109,11 @@ def obstacle_counts(obstacle_labels: np.ndarray, label: np.ndarray, min_area_px:
     return counts
 
 
-__all__ = ["ObstacleCounts", "obstacle_counts"]
+def mask_obstacle_counts(mask: np.ndarray, label: np.ndarray) -> ObstacleCounts:
+    """:func:`obstacle_counts` of an obstacle mask ``(H, W)`` (bool, or 0 / 255 as the node publishes it): its
+    8-connected components are the obstacles, as the post-processing builds them."""
+    _, components = cv2.connectedComponents((np.asarray(mask) > 0).astype(np.uint8), connectivity=8)
+    return obstacle_counts(components, label)
+
+
+__all__ = ["ObstacleCounts", "mask_obstacle_counts", "obstacle_counts"]
