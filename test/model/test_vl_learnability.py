@@ -3,6 +3,7 @@ learns on it (benchmarks/vl_learnability.py, run here in a short version of the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ import numpy as np
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.preprocess import PreprocessCfg
 from vl_anomaly.train.data import OUTLIER_LABEL, AugmentCfg, CityscapesTrain, CocoOutliers
-from vl_anomaly.train.synthetic import (CLASSES, NOVEL_OBJECTS, TRAIN_OUTLIERS, hue_saturation, write_anomaly_set,
-                                        write_cityscapes, write_coco_outliers)
+from vl_anomaly.train.synthetic import (CLASSES, NOVEL_OBJECTS, TRAIN_GREYS, TRAIN_OUTLIERS, hue_saturation,
+                                        write_anomaly_set, write_cityscapes, write_coco_outliers)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,8 +35,9 @@ def test_synthetic_world_in_the_real_layouts(tmp_path):
     assert rgb.shape == (64, 128, 3) and set(np.unique(truth)) <= {0, 1, 255} and (truth == 1).any()
     assert not set(TRAIN_OUTLIERS[0]) & set(NOVEL_OBJECTS[0])                     # novel shapes …
     for colour in NOVEL_OBJECTS[1]:                                               # … and colours: outside every
-        hue, saturation = hue_saturation(colour)                                  # training hue band, or grey
-        assert saturation < 0.55 or not any(lo <= hue <= hi for lo, hi in TRAIN_OUTLIERS[1]), colour
+        hue, saturation = hue_saturation(colour)                                  # training hue band, and no
+        assert not any(lo <= hue <= hi for lo, hi in TRAIN_OUTLIERS[1]), colour   # pale one as bright as a
+        assert saturation >= 0.55 or max(colour) / 255 > TRAIN_GREYS[2][1], colour  # training grey
 
 
 def test_training_learns_on_the_synthetic_world(tmp_path):
@@ -61,6 +63,34 @@ def test_training_learns_on_the_synthetic_world(tmp_path):
     assert trained["msp"] != untrained["msp"]                    # the checkpoint carries the trained segmenter
     for weights in report["fusion_weights"].values():           # fitted on the validation split
         assert set(weights) == {"msp", "text_guided", "clip_crops"} and abs(sum(weights.values()) - 1) < 1e-6
+    by_kind = report["trained_ap_by_kind"]                      # per kind of novel object, every source
+    assert {"texture=plain", "texture=striped"} <= set(by_kind) and any(k.startswith("colour=") for k in by_kind)
+    assert all(set(v) == set(trained) and all(0 <= a <= 100 for a in v.values()) for v in by_kind.values())
+
+
+def test_ap_by_kind_scores_each_kind_of_novel_object_on_its_own(tmp_path):
+    """A map that is perfect on the cyan objects only: cyan AP 100, the other colours far lower, every kind
+    scored against all the known pixels."""
+    import sys
+
+    import cv2
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import vl_learnability
+
+    data = write_anomaly_set(tmp_path / "novel", 12, (64, 128), seed=1)
+    objects = json.loads((data / "objects.json").read_text())
+    assert {o["colour"] for f in objects.values() for o in f} == {0, 1, 2}           # cyan, magenta, near-white
+    (tmp_path / "maps" / "fused").mkdir(parents=True)
+    for frame, found in objects.items():
+        instances = cv2.imread(str(data / "objects" / f"{frame}.png"), cv2.IMREAD_UNCHANGED)
+        truth = cv2.imread(str(data / "labels_masks" / f"{frame}.png"), cv2.IMREAD_UNCHANGED)
+        assert ((instances > 0) == (truth == 1)).all()
+        cyan = np.isin(instances, [k for k, o in enumerate(found, start=1) if o["colour"] == 0])
+        np.save(tmp_path / "maps" / "fused" / f"{frame}.npy", cyan.astype(np.float16))
+    ap = vl_learnability.ap_by_kind(data, tmp_path / "maps", ["fused"])
+    assert ap["colour=cyan"]["fused"] == 100.0
+    assert ap["colour=magenta"]["fused"] < 50 and ap["colour=near-white"]["fused"] < 50
 
 
 def test_mask2former_arrangement_trains_from_random_weights(tmp_path):

@@ -9,8 +9,9 @@ Three folders, each in the layout the real data uses, so the real code reads the
 * :func:`write_coco_outliers` — outlier objects in the COCO layout (``train2017/*.jpg``, ``annotations/
   instances_train2017.json`` with polygon instances) that training pastes into the scenes (outlier exposure, as
   the real recipe pastes COCO objects): discs, ellipses, triangles, squares and pentagons in many colours —
-  every hue in :data:`TRAIN_OUTLIERS`' bands (reds, oranges, yellows, greens), saturated — so that, as with COCO,
-  what training teaches is "not one of the known classes" rather than one colour.
+  every hue in :data:`TRAIN_OUTLIERS`' bands (reds, oranges, yellows, greens), mostly saturated, some greyish
+  (dark to light grey, :data:`TRAIN_GREYS`) — so that, as with COCO, what training teaches is "not one of the
+  known classes" rather than one colour.
 * :func:`write_anomaly_set` — held-out test scenes in the shared validation layout (``images/``,
   ``labels_masks/``: 0 known, 1 anomaly, 255 void) with **novel** objects on the road: crosses, rings and stars in
   cyan, magenta and near-white, some striped — shapes, hues and textures never pasted in training.
@@ -110,8 +111,13 @@ def _shape_mask(kind: str, shape: tuple[int, int], centre: tuple[int, int], radi
     return mask.astype(bool)
 
 
-#: training outliers (pasted): shapes and hue bands in degrees (saturation 0.55–1, value 0.6–1).
+#: training outliers (pasted): shapes and hue bands in degrees (saturated: saturation 0.55–1, value 0.6–1).
 TRAIN_OUTLIERS = (("disc", "ellipse", "triangle", "square", "pentagon"), ((0.0, 150.0), (345.0, 360.0)))
+#: share of training outliers that are greyish instead — hue still in :data:`TRAIN_OUTLIERS`' bands, saturation
+#: ``TRAIN_GREYS[1]``, value ``TRAIN_GREYS[2]`` (dark to light grey, never white): COCO's objects are often grey,
+#: black or white; with saturated colours only, training teaches "saturated = anomaly" and every pale object is
+#: read as a lane mark (docs/method.md, recipe bug 6).
+TRAIN_GREYS = (0.3, (0.0, 0.15), (0.1, 0.75))
 #: novel test objects: shapes and RGB colours (hues 180°, 294°, and a near-white) outside every training band.
 NOVEL_OBJECTS = (("cross", "ring", "star"), ((0, 230, 230), (200, 0, 220), (240, 240, 255)))
 
@@ -123,22 +129,29 @@ def hue_saturation(rgb) -> tuple[float, float]:
 
 
 def _training_colour(rng: np.random.Generator) -> np.ndarray:
-    """A saturated RGB colour (0–255) whose hue lies in one of :data:`TRAIN_OUTLIERS`' bands."""
+    """An RGB colour (0–255) whose hue lies in one of :data:`TRAIN_OUTLIERS`' bands: saturated, or with
+    probability ``TRAIN_GREYS[0]`` greyish (:data:`TRAIN_GREYS`)."""
     bands = TRAIN_OUTLIERS[1]
     widths = np.array([hi - lo for lo, hi in bands])
     lo, hi = bands[rng.choice(len(bands), p=widths / widths.sum())]
-    hsv = np.array([[[rng.uniform(lo, hi) / 2.0, rng.uniform(0.55, 1.0) * 255, rng.uniform(0.6, 1.0) * 255]]])
+    share, saturation, value = TRAIN_GREYS
+    if rng.uniform() >= share:
+        saturation, value = (0.55, 1.0), (0.6, 1.0)
+    hsv = np.array([[[rng.uniform(lo, hi) / 2.0, rng.uniform(*saturation) * 255, rng.uniform(*value) * 255]]])
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def _object(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, palette, striped: bool) -> None:
-    """Paint ``mask`` with a textured colour: one of ``palette`` (RGB), or a training colour when it is None."""
-    colour = _training_colour(rng) if palette is None else np.asarray(palette[rng.integers(len(palette))], np.float32)
+def _object(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, palette, striped: bool) -> int:
+    """Paint ``mask`` with a textured colour: one of ``palette`` (RGB), or a training colour when it is None;
+    returns the palette index (−1 for a training colour)."""
+    index = -1 if palette is None else int(rng.integers(len(palette)))
+    colour = _training_colour(rng) if palette is None else np.asarray(palette[index], np.float32)
     texture = _texture(rng, image.shape[:2], colour, 10.0)
     if striped:
         yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
         texture[((xx + yy) // 4) % 2 == 0] *= 0.35
     image[mask] = texture[mask]
+    return index
 
 
 def write_cityscapes(root: str | Path, split: str, count: int, size: tuple[int, int] = (128, 256),
@@ -186,24 +199,36 @@ def write_coco_outliers(root: str | Path, count: int, size: int = 96, seed: int 
 
 def write_anomaly_set(root: str | Path, count: int, size: tuple[int, int] = (128, 256), seed: int = 1,
                       objects: tuple = NOVEL_OBJECTS) -> Path:
-    """``count`` test scenes with 1–3 novel objects each on the road, in the shared validation layout."""
+    """``count`` test scenes with 1–3 novel objects each on the road, in the shared validation layout.
+
+    Also writes what each object is, for per-kind figures: ``objects/<frame>.png`` (uint8, 0 none, k the frame's
+    k-th object where it is visible) and ``objects.json`` (``{frame: [{"shape", "colour", "striped"}, …]}``;
+    ``colour`` is the palette index, −1 for a training colour)."""
     root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels_masks").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "labels_masks", "objects"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 3])
     shapes, palette = objects
     h, w = size
+    kinds: dict[str, list[dict]] = {}
     for i in range(count):
         image, label = _scene(rng, size)
         truth = np.where(label == 255, 255, 0).astype(np.uint8)
+        instances = np.zeros((h, w), np.uint8)
         road = np.argwhere(label == 0)
-        for _ in range(rng.integers(1, 4)):
+        kinds[str(i)] = []
+        for k in range(1, int(rng.integers(1, 4)) + 1):
             cy, cx = road[rng.integers(len(road))]
             radius = int(max(4, h * rng.uniform(0.04, 0.1) * (0.4 + cy / h)))
-            mask = _shape_mask(shapes[rng.integers(len(shapes))], (h, w), (int(cx), int(cy)), radius,
-                               float(rng.uniform(0, np.pi)))
-            _object(rng, image, mask, palette, striped=bool(rng.integers(2)))
+            shape = shapes[rng.integers(len(shapes))]
+            mask = _shape_mask(shape, (h, w), (int(cx), int(cy)), radius, float(rng.uniform(0, np.pi)))
+            striped = bool(rng.integers(2))
+            colour = _object(rng, image, mask, palette, striped=striped)
             truth[mask] = 1
+            instances[mask] = k
+            kinds[str(i)].append({"shape": str(shape), "colour": colour, "striped": striped})
         cv2.imwrite(str(root / "images" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1])
         cv2.imwrite(str(root / "labels_masks" / f"{i}.png"), truth)
+        cv2.imwrite(str(root / "objects" / f"{i}.png"), instances)
+    (root / "objects.json").write_text(json.dumps(kinds))
     return root
