@@ -48,8 +48,8 @@ from vl_anomaly.calibration import fit_fusion, sample_pixels
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
 from vl_anomaly.metrics import PixelMetrics
-from vl_anomaly.train.synthetic import (TRAIN_GREYS, TRAIN_OUTLIERS, write_anomaly_set, write_cityscapes,
-                                        write_coco_outliers)
+from vl_anomaly.train.synthetic import (NOVEL_COLOUR_NAMES, TRAIN_GREYS, TRAIN_OUTLIERS, write_anomaly_set,
+                                        write_cityscapes, write_coco_outliers)
 from vl_anomaly.train.trainer import TrainCfg, train
 
 SOURCES = ["msp", "text_guided", "clip_crops", "fused"]
@@ -98,23 +98,20 @@ def ap_by_kind(data: Path, maps: Path, sources: list[str] = SOURCES) -> dict[str
     known pixel a negative (so the figures are lower than the all-objects AP, and comparable with each other);
     from ``<data>/objects.json``, ``<data>/objects/`` and the saved score maps ``<maps>/<source>/<frame>.npy``.
     Returns ``{kind: {source: AP}}``."""
-    colours = {0: "cyan", 1: "magenta", 2: "near-white"}
-    objects = json.loads((data / "objects.json").read_text())
-    kinds = sorted({f"colour={colours.get(o['colour'], o['colour'])}" for f in objects.values() for o in f}
-                   | {f"texture={'striped' if o['striped'] else 'plain'}" for f in objects.values() for o in f}
-                   | {f"shape={o['shape']}" for f in objects.values() for o in f})
+    def kinds_of(o: dict) -> set[str]:
+        colour = NOVEL_COLOUR_NAMES[o["colour"]] if o["colour"] >= 0 else "training"
+        return {f"colour={colour}", f"texture={'striped' if o['striped'] else 'plain'}", f"shape={o['shape']}"}
+
+    objects = {frame: [kinds_of(o) for o in found]
+               for frame, found in json.loads((data / "objects.json").read_text()).items()}
+    kinds = sorted(set().union(*(k for found in objects.values() for k in found)))
     metrics = {(k, s): PixelMetrics() for k in kinds for s in sources}
     for frame, found in objects.items():
         truth = cv2.imread(str(data / "labels_masks" / f"{frame}.png"), cv2.IMREAD_UNCHANGED)
         instances = cv2.imread(str(data / "objects" / f"{frame}.png"), cv2.IMREAD_UNCHANGED)
         scores = {s: np.load(maps / s / f"{frame}.npy") for s in sources}
         for kind in kinds:
-            key, value = kind.split("=")
-            of_kind = np.zeros_like(truth, bool)
-            for k, o in enumerate(found, start=1):
-                name = {"colour": colours.get(o["colour"], o["colour"]), "shape": o["shape"],
-                        "texture": "striped" if o["striped"] else "plain"}[key]
-                of_kind |= (instances == k) & (str(name) == value)
+            of_kind = np.isin(instances, [k for k, object_kinds in enumerate(found, start=1) if kind in object_kinds])
             label = np.where((truth == 1) & ~of_kind, 255, truth).astype(np.uint8)
             for s in sources:
                 metrics[kind, s].add(scores[s], label, frame)

@@ -120,6 +120,8 @@ TRAIN_OUTLIERS = (("disc", "ellipse", "triangle", "square", "pentagon"), ((0.0, 
 TRAIN_GREYS = (0.3, (0.0, 0.15), (0.1, 0.75))
 #: novel test objects: shapes and RGB colours (hues 180°, 294°, and a near-white) outside every training band.
 NOVEL_OBJECTS = (("cross", "ring", "star"), ((0, 230, 230), (200, 0, 220), (240, 240, 255)))
+#: names of :data:`NOVEL_OBJECTS`' colours, in palette order (the ``colour`` index of ``objects.json``).
+NOVEL_COLOUR_NAMES = ("cyan", "magenta", "near-white")
 
 
 def hue_saturation(rgb) -> tuple[float, float]:
