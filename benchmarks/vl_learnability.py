@@ -12,8 +12,10 @@
    objects, docs/method.md), outlier pasting on (1–3 objects of 4–40 % of the crop height) — its checkpoint
    loaded back through ``create_predictor``, and evaluated again with the same ``run_evaluation`` as
    ``vl-anomaly eval``.
-3. The fusion weights are fitted (``calibration.fit_fusion``, as ``vl-anomaly calibrate``) on the validation split
-   — never on the test scenes — separately for the untrained and the trained head.
+3. The fusion is fitted (``calibration.fit_fusion``, as ``vl-anomaly calibrate --form auto``) on the validation
+   split — never on the test scenes — separately for the untrained and the trained head: weights and form (the
+   weighted sum, or the gated form that the validation pixels may prefer). The weighted sum alone, fitted on the
+   same pixels, is reported beside it as ``fused_sum``.
 4. Pixel AP (official protocol) on the test scenes per source — detector (msp), text_guided, clip_crops, fused —
    untrained vs trained, and per kind of novel object (colour, texture, shape: :func:`ap_by_kind`).
 
@@ -44,7 +46,7 @@ import yaml
 from vl_anomaly import add_model_config, create_predictor, get_model_config
 from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.networks.clip_towers import TINY_CLIP_CONFIG
-from vl_anomaly.calibration import fit_fusion, sample_pixels
+from vl_anomaly.calibration import FUSION_FORMS, fit_fusion, sample_pixels, write_fused_maps
 from vl_anomaly.datasets import load_dataset
 from vl_anomaly.evaluation import run_evaluation
 from vl_anomaly.metrics import PixelMetrics
@@ -119,21 +121,30 @@ def ap_by_kind(data: Path, maps: Path, sources: list[str] = SOURCES) -> dict[str
 
 
 def evaluate(weights: str, data: Path, out: Path, seed: int,
-             size: tuple[int, int] = SIZE) -> tuple[dict[str, float], dict[str, float]]:
-    """Fit the fusion on the validation split, then pixel AP of every source on the test scenes; returns
-    ``({source: AP}, fitted weights)``."""
+             size: tuple[int, int] = SIZE) -> tuple[dict[str, float], dict]:
+    """Fit the fusion (both forms) on the validation split, then pixel AP of every source on the test scenes, and
+    of the weighted sum alone fitted on the same pixels (``fused_sum``, from the saved maps); returns
+    ``({source: AP}, {"form", "gate", "weights", "sum_weights"})``."""
     sources = [s for s in SOURCES if s != "fused"]
     torch.manual_seed(seed)                    # the same random CLIP as in training (same construction order)
     predictor = create_predictor(NAME, weights=weights, score="text_guided", input_size=size)
     validation = load_dataset(f"road_anomaly_21={data / 'validation'}")
     run_evaluation([validation], sources, out / "validation", predictor, workers=1)
-    fusion = fit_fusion({"validation": sample_pixels(validation, out / "validation" / "score_maps", sources)},
-                        sources, step=0.1, model=NAME)
+    samples = {"validation": sample_pixels(validation, out / "validation" / "score_maps", sources)}
+    fusion = fit_fusion(samples, sources, step=0.1, model=NAME, forms=FUSION_FORMS)
+    sum_only = fit_fusion(samples, sources, step=0.1, model=NAME, forms=("sum",))
     predictor.scoring = predictor.scoring.with_fusion(fusion)              # same model, now with score "fused"
-    results = run_evaluation([load_dataset(f"road_anomaly_21={data / 'novel'}")], SOURCES, out / "test", predictor,
-                             workers=1)
+    test = load_dataset(f"road_anomaly_21={data / 'novel'}")
+    results = run_evaluation([test], SOURCES, out / "test", predictor, workers=1)
     scores = results["datasets"]["road_anomaly_21"]["scores"]
-    return {s: round(scores[s]["pixel"]["AuPRC"], 2) for s in SOURCES}, fusion.weights
+    ap = {s: round(scores[s]["pixel"]["AuPRC"], 2) for s in SOURCES}
+    folder = write_fused_maps(test, out / "test" / "score_maps", sum_only, name="fused_sum")
+    metrics = PixelMetrics()
+    for index in range(len(test)):
+        frame_id, _, truth = test.load(index)
+        metrics.add(np.load(folder / f"{frame_id}.npy").astype(np.float32), truth, frame_id)
+    ap["fused_sum"] = round(100 * metrics.compute().AuPRC, 2)
+    return ap, {"form": fusion.form, "gate": fusion.gate, "weights": fusion.weights, "sum_weights": sum_only.weights}
 
 
 def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
@@ -154,7 +165,7 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
     write_anomaly_set(data / "novel", n_test, size, seed + 1)
     register_tiny(workdir, arrangement)
     start_weights = "untrained" if arrangement == "espnetv2" else "none"      # no Mask2Former weights exist here
-    untrained, untrained_weights = evaluate(start_weights, data, workdir / "eval_untrained", seed, size)
+    untrained, untrained_fusion = evaluate(start_weights, data, workdir / "eval_untrained", seed, size)
     cfg = TrainCfg(model=NAME, cityscapes=str(data / "cityscapes"), coco=str(data / "coco"),
                    output=str(workdir / "train"), weights=start_weights, clip_weights="default", paste_prob=0.8,
                    paste_size=PASTE_SIZE, paste_count=PASTE_COUNT, freeze_segmenter=False,
@@ -163,10 +174,10 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
     t0 = time.perf_counter()
     history = train(cfg, progress=progress)
     train_s = time.perf_counter() - t0
-    trained, trained_weights = evaluate(str(workdir / "train" / "checkpoint" / "head.safetensors"), data,
+    trained, trained_fusion = evaluate(str(workdir / "train" / "checkpoint" / "head.safetensors"), data,
                                         workdir / "eval_trained", seed, size)
-    by_kind = {name: ap_by_kind(data / "novel", workdir / name / "test" / "score_maps" / "road_anomaly_21")
-               for name in ("eval_untrained", "eval_trained")}
+    by_kind = {name: ap_by_kind(data / "novel", workdir / name / "test" / "score_maps" / "road_anomaly_21",
+                                [*SOURCES, "fused_sum"]) for name in ("eval_untrained", "eval_trained")}
     losses = history["losses"]
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
             "platform": platform.platform(), "torch": torch.__version__, "quick": quick, "arrangement": arrangement,
@@ -184,7 +195,11 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
                                + ", tiny random CLIP, CLIP crops where text_guided fires"},
             "untrained_ap": untrained, "trained_ap": trained,
             "trained_ap_by_kind": by_kind["eval_trained"], "untrained_ap_by_kind": by_kind["eval_untrained"],
-            "fusion_weights": {"untrained": untrained_weights, "trained": trained_weights},
+            "fusion_weights": {"untrained": untrained_fusion["weights"], "trained": trained_fusion["weights"]},
+            "fusion_form": {name: f["form"] + (f" by {f['gate']}" if f["gate"] else "")
+                            for name, f in (("untrained", untrained_fusion), ("trained", trained_fusion))},
+            "fusion_sum_weights": {"untrained": untrained_fusion["sum_weights"],
+                                   "trained": trained_fusion["sum_weights"]},
             "loss_first_last": [round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
                                 round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4)],
             "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - start, 1)}

@@ -7,7 +7,8 @@ pooling pixels, keeps sets with large anomalies (RoadAnomaly: ~15 % of pixels) f
 ones (RoadObstacle21: < 1 %); pooling made the shared weights favour max-logit, which fails on small obstacles. Pixels are sampled uniformly from the
 non-void pixels of every frame, with the same budget per dataset so a large set does not drown a small one;
 the search scores a candidate with a 8192-bin histogram of the fused score (the final numbers are always
-computed by :mod:`vl_anomaly.evaluation` on full maps).
+computed by :mod:`vl_anomaly.evaluation` on full maps). The search may also try the gated form
+(``forms=("sum", "gated")``, :mod:`vl_anomaly.fusion`) and keeps whichever candidate scores best.
 """
 
 from __future__ import annotations
@@ -71,46 +72,71 @@ def ap_fpr95(score: np.ndarray, y: np.ndarray, bins: int = HIST_BINS) -> tuple[f
     return ap, fpr95
 
 
+FUSION_FORMS = ("sum", "gated")
+
+
 def fit_fusion(samples: dict[str, tuple[np.ndarray, np.ndarray]], sources: list[str], step: float = 0.1,
-               model: str = "") -> FusionCfg:
-    """Grid-search fusion weights on calibration samples ``{dataset: (X, y)}`` (objective: mean per-set AuPRC)."""
+               model: str = "", forms: tuple[str, ...] | list[str] = ("sum",)) -> FusionCfg:
+    """Grid-search fusion weights on calibration samples ``{dataset: (X, y)}`` (objective: mean per-set AuPRC,
+    tie-break lower mean FPR95).
+
+    ``forms`` are searched together and the best candidate kept: ``"sum"`` (``Σ w_i ŝ_i``) and ``"gated"``
+    (``ŝ_g · (w_g + Σ_{i≠g} w_i ŝ_i)`` for every source as the gate ``g``, ``w_g > 0``; see
+    :mod:`vl_anomaly.fusion`). On equal objectives the weighted sum, searched first, is kept.
+    """
     if len(sources) != next(iter(samples.values()))[0].shape[1]:
         raise ConfigError("sample columns must match the sources")
-    X = np.concatenate([x for x, _ in samples.values()])
-    y = np.concatenate([t for _, t in samples.values()])
-    lo = np.percentile(X, 1, axis=0)
-    hi = np.percentile(X, 99, axis=0)
-    norms = {}
-    for i, source in enumerate(sources):
-        if not hi[i] > lo[i]:
-            hi[i] = lo[i] + 1e-6
-        norms[source] = SourceNorm(float(lo[i]), float(hi[i]))
+    unknown = [f for f in forms if f not in FUSION_FORMS]
+    if unknown or not forms:
+        raise ConfigError(f"fusion forms {list(forms)}: each must be one of {', '.join(FUSION_FORMS)}")
+    norms = _norms_of(np.concatenate([x for x, _ in samples.values()]), sources)
     parts = [(np.stack([norms[s].apply(x[:, i]) for i, s in enumerate(sources)], axis=1), t)
              for x, t in samples.values()]
     grid = simplex_grid(len(sources), step)
+    candidates: list[tuple[int | None, np.ndarray]] = []          # (gate column or None, weights)
+    if "sum" in forms:
+        candidates += [(None, w) for w in grid]
+    if "gated" in forms:
+        candidates += [(g, w) for g in range(len(sources)) for w in grid if w[g] > 0]
     best, best_key = None, None
-    single = {}
-    for weights in tqdm(grid, desc="fusion grid", unit="weights", leave=False):
+    single, by_form = {}, {}
+    for gate, weights in tqdm(candidates, desc="fusion grid", unit="weights", leave=False):
         w = weights.astype(np.float32)
-        per_set = [ap_fpr95(xn @ w, t) for xn, t in parts]
+        if gate is None:
+            scores = [xn @ w for xn, _ in parts]
+        else:
+            scores = []
+            for xn, _ in parts:
+                others = xn.copy()
+                others[:, gate] = 1.0                            # ŝ_g · (w_g · 1 + Σ_{i≠g} w_i ŝ_i)
+                scores.append(xn[:, gate] * (others @ w))
+        per_set = [ap_fpr95(score, t) for score, (_, t) in zip(scores, parts)]
         ap = float(np.mean([a for a, _ in per_set]))
         fpr = float(np.mean([f for _, f in per_set]))
         key = (round(ap, 9), -round(fpr, 9))
         if best_key is None or key > best_key:
-            best, best_key = (weights, ap, fpr), key
-        if np.count_nonzero(weights) == 1:
+            best, best_key = (gate, weights, ap, fpr), key
+        form = "sum" if gate is None else f"gated by {sources[gate]}"
+        if form not in by_form or 100 * ap > by_form[form]["AuPRC"]:
+            by_form[form] = {"AuPRC": 100 * ap, "FPR95": 100 * fpr,
+                             "weights": {s: round(float(x), 6) for s, x in zip(sources, weights)}}
+        if gate is None and np.count_nonzero(weights) == 1:
             single[sources[int(np.argmax(weights))]] = {"AuPRC": 100 * ap, "FPR95": 100 * fpr}
-    weights, ap, fpr = best
+    gate, weights, ap, fpr = best
     record = {
-        "method": f"grid search on the simplex, step {step}; objective: mean over calibration sets of each set's "
-                  f"AuPRC (tie-break mean FPR95) on uniformly sampled non-void pixels, {HIST_BINS}-bin histogram",
+        "method": f"grid search on the simplex, step {step}, forms {', '.join(forms)}; objective: mean over "
+                  f"calibration sets of each set's AuPRC (tie-break mean FPR95) on uniformly sampled non-void "
+                  f"pixels, {HIST_BINS}-bin histogram",
         "model": model, "calibration_sets": {name: {"pixels": int(t.size), "anomaly_pixels": int(t.sum())}
                                              for name, (_, t) in samples.items()},
         "normalization": "1st and 99th percentile of each source on the calibration pixels",
         "calibration_AuPRC": 100 * ap, "calibration_FPR95": 100 * fpr, "single_sources": single,
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
-    return FusionCfg({s: float(w) for s, w in zip(sources, weights)}, norms, record)
+    if len(forms) > 1 or "gated" in forms:
+        record["best_by_form"] = by_form
+    return FusionCfg({s: float(w) for s, w in zip(sources, weights)}, norms, record,
+                     gate=None if gate is None else sources[gate])
 
 
 def _norms_of(X: np.ndarray, sources: list[str]) -> dict[str, SourceNorm]:

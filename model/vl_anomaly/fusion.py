@@ -10,6 +10,15 @@ Normalisation (ours): each source gets the affine map ``ŝ = clip((s − lo) / (
 the 1st and 99th percentiles of that source on the calibration pixels, so sources with unbounded ranges (max
 logit, energy, RbA) and bounded ones (MSP, entropy) are commensurable.
 
+The gated form (ours, issue 17): ``s = ŝ_g · (w_g + Σ_{i≠g} w_i ŝ_i)`` with the same simplex weights and one
+source ``g`` as the gate. The other sources raise what the gate already finds (by up to a factor ``1/w_g``) but
+cannot make an anomaly on their own where the gate is silent. On the synthetic road world the detector's MSP
+fires on class boundaries as well as on objects; in a weighted sum its share is capped by those boundaries, while
+gated by the text-guided score it can take a large share (0.8) that only lifts regions the text-guided score
+already marks (docs/method.md). It does not help an object the gate finds and the other sources miss (there the
+gated score is ``w_g ŝ_g``). :func:`vl_anomaly.calibration.fit_fusion` searches both forms (``forms``) and keeps
+the better on the calibration pixels.
+
 A learned combiner (issue 13, ours) may replace the weighted sum: :class:`LogisticCombiner`,
 ``s = σ(b + Σ_i a_i ŝ_i + Σ_{i<j} c_ij ŝ_i ŝ_j)`` — logistic regression on the normalised sources and their
 pairwise products, so that one source can gate another (e.g. members' disagreement counting only where the
@@ -100,12 +109,14 @@ class FusionCfg:
         norms: ``{source: SourceNorm}`` for every weighted source.
         record: provenance (calibration sets, frames, pixels, objective, date); empty for hand-set weights.
         combiner: a learned :class:`LogisticCombiner` replacing the weighted sum, or None.
+        gate: the gating source of the gated form ``ŝ_g · (w_g + Σ_{i≠g} w_i ŝ_i)``, or None (weighted sum).
     """
 
     weights: dict[str, float]
     norms: dict[str, SourceNorm]
     record: dict = field(default_factory=dict)
     combiner: LogisticCombiner | None = None
+    gate: str | None = None
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -121,6 +132,17 @@ class FusionCfg:
         if self.combiner is not None and set(self.combiner.linear) != set(self.sources):
             raise ConfigError(f"the combiner's sources {sorted(self.combiner.linear)} must be the fusion's "
                               f"{sorted(self.sources)}")
+        if self.gate is not None:
+            if self.combiner is not None:
+                raise ConfigError("a fusion has either a gate or a combiner, not both")
+            if self.weights.get(self.gate, 0.0) <= 0:
+                raise ConfigError(f"the gate {self.gate!r} must be a fusion source with a weight > 0; "
+                                  f"weights: {self.weights}")
+
+    @property
+    def form(self) -> str:
+        """``"sum"``, ``"gated"`` or ``"logistic"``."""
+        return "logistic" if self.combiner is not None else "gated" if self.gate is not None else "sum"
 
     @property
     def sources(self) -> list[str]:
@@ -132,6 +154,8 @@ class FusionCfg:
                "normalization": {s: {"lo": float(n.lo), "hi": float(n.hi)} for s, n in self.norms.items()}}
         if self.combiner is not None:
             out["combiner"] = self.combiner.to_dict()
+        if self.gate is not None:
+            out["gate"] = self.gate
         out["record"] = self.record
         return out
 
@@ -141,7 +165,8 @@ class FusionCfg:
             weights = {str(k): float(v) for k, v in data["weights"].items()}
             norms = {str(k): SourceNorm(float(v["lo"]), float(v["hi"])) for k, v in data["normalization"].items()}
             combiner = LogisticCombiner.from_dict(data["combiner"]) if data.get("combiner") else None
-            return cls(weights, norms, dict(data.get("record") or {}), combiner)
+            gate = str(data["gate"]) if data.get("gate") is not None else None
+            return cls(weights, norms, dict(data.get("record") or {}), combiner, gate)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(f"fusion config needs 'weights' {{source: w}} and 'normalization' "
                               f"{{source: {{lo, hi}}}} for every source: {type(exc).__name__} {exc}") from exc
@@ -149,7 +174,9 @@ class FusionCfg:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = (f"# vl-anomaly fusion config (R12: s = sum_i w_i * clip((s_i - lo_i) / (hi_i - lo_i), 0, 1)).\n"
+        form = {"sum": "s = sum_i w_i * n_i", "gated": f"s = n_g * (w_g + sum_(i != g) w_i * n_i), g = {self.gate}",
+                "logistic": "s = sigmoid(combiner on n_i)"}[self.form]
+        header = (f"# vl-anomaly fusion config (R12, {form}; n_i = clip((s_i - lo_i) / (hi_i - lo_i), 0, 1)).\n"
                   f"# Written {dt.datetime.now().isoformat(timespec='seconds')}; see docs/method.md.\n")
         path.write_text(header + yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
         return path
@@ -193,8 +220,8 @@ def load_fusion(spec: "str | Path | FusionCfg") -> FusionCfg:
 
 
 def fuse(maps: dict[str, np.ndarray], cfg: FusionCfg) -> np.ndarray:
-    """Fused score ``(H, W)`` float32 in [0, 1] from raw source maps ``{source: (H, W)}`` (weighted sum, or the
-    learned combiner when the config has one)."""
+    """Fused score ``(H, W)`` float32 in [0, 1] from raw source maps ``{source: (H, W)}`` (weighted sum, the gated
+    form when the config has a gate, or the learned combiner when it has one)."""
     missing = [s for s in cfg.sources if s not in maps]
     if missing:
         raise ConfigError(f"fusion needs source maps {missing}; got {sorted(maps)}")
@@ -204,9 +231,20 @@ def fuse(maps: dict[str, np.ndarray], cfg: FusionCfg) -> np.ndarray:
             raise ConfigError(f"source {source} map is {maps[source].shape}, expected {shape}")
     if cfg.combiner is not None:
         return cfg.combiner.apply({s: cfg.norms[s].apply(maps[s]) for s in cfg.sources})
-    out = np.zeros(shape, dtype=np.float32)
-    for source in cfg.sources:
-        out += np.float32(cfg.weights[source]) * cfg.norms[source].apply(maps[source])
+    normed = {s: cfg.norms[s].apply(maps[s]) for s in cfg.sources}
+    return combine(normed, cfg.weights, cfg.gate)
+
+
+def combine(normed: dict[str, np.ndarray], weights: dict[str, float], gate: str | None = None) -> np.ndarray:
+    """Weighted sum ``Σ_i w_i ŝ_i`` of normalised sources ``{source: array in [0, 1]}`` (any common shape), or with
+    ``gate`` the gated form ``ŝ_g · (w_g + Σ_{i≠g} w_i ŝ_i)``; float32 in [0, 1]. Sources of weight 0 are skipped."""
+    shape = next(iter(normed.values())).shape
+    out = np.full(shape, np.float32(weights[gate]) if gate is not None else 0.0, dtype=np.float32)
+    for source, w in weights.items():
+        if w > 0 and source != gate:
+            out += np.float32(w) * normed[source]
+    if gate is not None:
+        out *= normed[gate]
     return out
 
 

@@ -86,6 +86,46 @@ def test_calibration_recovers_known_weights():
     assert max(v["AuPRC"] for v in cfg.record["single_sources"].values()) < 90.0
 
 
+def test_gated_form_by_hand_round_trip_and_validation(tmp_path):
+    """``ŝ_g · (w_g + Σ_{i≠g} w_i ŝ_i)``: the gate alone keeps ``w_g ŝ_g``, the other source alone gives 0."""
+    norms = {"det": SourceNorm(0.0, 1.0), "txt": SourceNorm(0.0, 1.0)}
+    cfg = FusionCfg({"det": 0.8, "txt": 0.2}, norms, gate="txt")
+    maps = {"det": np.array([[0.0, 1.0, 1.0, 0.5]]), "txt": np.array([[1.0, 0.0, 1.0, 0.5]])}
+    np.testing.assert_allclose(fuse(maps, cfg), [[0.2, 0.0, 1.0, 0.5 * (0.2 + 0.8 * 0.5)]], rtol=1e-6)
+    assert cfg.form == "gated" and FusionCfg({"det": 1.0}, norms).form == "sum"
+    loaded = FusionCfg.load(cfg.save(tmp_path / "gated.yaml"))
+    assert loaded == cfg and loaded.gate == "txt"
+    assert "g = txt" in (tmp_path / "gated.yaml").read_text().splitlines()[0]
+    with pytest.raises(ConfigError, match="weight > 0"):
+        FusionCfg({"det": 1.0, "txt": 0.0}, norms, gate="txt")
+    with pytest.raises(ConfigError, match="weight > 0"):
+        FusionCfg({"det": 1.0}, norms, gate="clip")
+    with pytest.raises(ConfigError, match="forms"):
+        fit_fusion({"a": (np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1], np.uint8))}, ["det", "txt"],
+                   forms=("max",))
+
+
+def test_calibration_recovers_a_known_gated_form():
+    """Labels from a known gated mixture (the text score gates, the detector boosts; a useless third source):
+    ``forms=("sum", "gated")`` recovers gate and weights and beats every weighted sum; with the sum alone the
+    record says nothing of forms."""
+    rng = np.random.default_rng(4)
+    raw = rng.random((200_000, 3)).astype(np.float32)
+    X = raw * np.array([2.0, 1.0, 5.0], np.float32) - np.array([1.0, 0.0, 2.0], np.float32)
+    truth = raw[:, 1] * (0.2 + 0.8 * raw[:, 0])
+    y = (truth > np.median(truth)).astype(np.uint8)
+    sources = ["det", "txt", "junk"]
+    summed = fit_fusion({"a": (X, y)}, sources, step=0.1)
+    both = fit_fusion({"a": (X, y)}, sources, step=0.1, forms=("sum", "gated"))
+    assert summed.gate is None and "best_by_form" not in summed.record
+    assert both.gate == "txt" and both.weights == pytest.approx({"det": 0.8, "txt": 0.2, "junk": 0.0})
+    assert both.record["calibration_AuPRC"] > 99.9 > summed.record["calibration_AuPRC"] + 1.0
+    assert set(both.record["best_by_form"]) == {"sum", "gated by det", "gated by txt", "gated by junk"}
+    assert both.record["best_by_form"]["sum"]["AuPRC"] == pytest.approx(summed.record["calibration_AuPRC"])
+    fused = fuse(dict(zip(sources, X.T)), both)                    # the config applies what the search scored
+    assert 100 * ap_fpr95(fused, y)[0] == pytest.approx(both.record["calibration_AuPRC"], abs=0.05)
+
+
 class _Dataset:
     """A tiny dataset with labels in memory (the loader interface calibration uses)."""
 
@@ -197,6 +237,15 @@ def test_calibrate_command_writes_fusion_and_model_config(tmp_path):
     assert written["fusion"]["weights"] == cfg.weights
     add_model_config(tmp_path / "cfg")
     assert get_model_config("espnetv2_fused_test")["fusion"]["weights"] == cfg.weights
+    assert cfg.gate is None and "best_by_form" not in cfg.record                  # the default form: weighted sum
+    code = main(["calibrate", "--model", "espnetv2_s2.0_cityscapes", "--sources", "msp", "energy",   # maps reused
+                 "--dataset", "road_anomaly_21", "--input-size", "128", "256", "--pixels", "20000", "--form", "auto",
+                 "--eval-dir", str(eval_dir), "-o", str(tmp_path / "auto.yaml")])
+    auto = FusionCfg.load(tmp_path / "auto.yaml")
+    assert code == 0 and set(auto.record["best_by_form"]) == {"sum", "gated by msp", "gated by energy"}
+    best = max(auto.record["best_by_form"].values(), key=lambda v: v["AuPRC"])["AuPRC"]
+    assert auto.record["calibration_AuPRC"] == pytest.approx(best)
+    assert auto.record["best_by_form"]["sum"]["AuPRC"] == pytest.approx(cfg.record["calibration_AuPRC"])
 
 
 def test_learned_combiner_fit_predict_save_load(tmp_path):

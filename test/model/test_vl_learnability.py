@@ -57,12 +57,15 @@ def test_training_learns_on_the_synthetic_world(tmp_path):
     first, last = report["loss_first_last"]
     assert last < 0.5 * first
     untrained, trained = report["untrained_ap"], report["trained_ap"]
-    assert set(trained) == {"msp", "text_guided", "clip_crops", "fused"}
+    assert set(trained) == {"msp", "text_guided", "clip_crops", "fused", "fused_sum"}
     assert trained["text_guided"] > untrained["text_guided"] + 5.0, (untrained, trained)
     assert trained["fused"] > untrained["fused"] + 5.0, (untrained, trained)
     assert trained["msp"] != untrained["msp"]                    # the checkpoint carries the trained segmenter
-    for weights in report["fusion_weights"].values():           # fitted on the validation split
+    for name, weights in report["fusion_weights"].items():     # fitted on the validation split, either form
         assert set(weights) == {"msp", "text_guided", "clip_crops"} and abs(sum(weights.values()) - 1) < 1e-6
+        assert report["fusion_form"][name] in {"sum", "gated by msp", "gated by text_guided", "gated by clip_crops"}
+        if report["fusion_form"][name] == "sum":               # then the weighted sum alone is the same fusion
+            assert report["fusion_sum_weights"][name] == weights
     by_kind = report["trained_ap_by_kind"]                      # per kind of novel object, every source
     assert {"texture=plain", "texture=striped"} <= set(by_kind) and any(k.startswith("colour=") for k in by_kind)
     assert all(set(v) == set(trained) and all(0 <= a <= 100 for a in v.values()) for v in by_kind.values())
@@ -110,6 +113,6 @@ def test_mask2former_arrangement_trains_from_random_weights(tmp_path):
     first, last = report["loss_first_last"]
     assert last < 0.8 * first
     untrained, trained = report["untrained_ap"], report["trained_ap"]
-    assert set(trained) == {"msp", "text_guided", "clip_crops", "fused"}
+    assert set(trained) == {"msp", "text_guided", "clip_crops", "fused", "fused_sum"}
     assert trained["text_guided"] > untrained["text_guided"] + 2.0, (untrained, trained)
     assert report["arrangement"] == "mask2former"

@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", action="append", required=True, metavar="NAME[=PATH]",
                         help=f"calibration set (repeatable); NAME in {', '.join(list_datasets())}")
     parser.add_argument("--step", type=float, default=0.1, help="grid step on the weight simplex")
+    parser.add_argument("--form", choices=["sum", "gated", "auto"], default="sum",
+                        help="fusion form: 'sum' (weighted sum, the shipped configs), 'gated' (one source gates, "
+                             "the others boost it: s = n_g * (w_g + sum_i w_i n_i); found better for the VL "
+                             "sources on the synthetic world, docs/method.md) or 'auto' (search both, keep the "
+                             "better on the calibration pixels)")
     parser.add_argument("--pixels", type=int, default=400_000, help="sampled pixels per calibration set")
     parser.add_argument("--eval-dir", default=None,
                         help="evaluation folder whose score_maps/ to reuse or fill (default outputs/eval/<model>)")
@@ -40,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     for dataset in datasets:
         produce_score_maps(dataset, predictor, list(args.sources), eval_dir, args.weights)
         samples[dataset.name] = sample_pixels(dataset, eval_dir / "score_maps", list(args.sources), args.pixels)
-    cfg = fit_fusion(samples, list(args.sources), args.step, model=predictor.name)
+    forms = {"sum": ("sum",), "gated": ("gated",), "auto": ("sum", "gated")}[args.form]
+    cfg = fit_fusion(samples, list(args.sources), args.step, model=predictor.name, forms=forms)
     path = cfg.save(args.output)
     if args.model_config_out:
         import yaml
@@ -56,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
                        + yaml.safe_dump(model_cfg, sort_keys=False), encoding="utf-8")
         print(f"wrote model config {out.resolve()} (model name {out.stem})")
     rec = cfg.record
-    print("weights: " + ", ".join(f"{s} {w:.1f}" for s, w in cfg.weights.items()))
+    print(f"form: {cfg.form}" + (f" (gate {cfg.gate})" if cfg.gate else "") + "; weights: "
+          + ", ".join(f"{s} {w:.1f}" for s, w in cfg.weights.items()))
     print(f"calibration (sampled pixels of {', '.join(samples)}): AuPRC {rec['calibration_AuPRC']:.2f}, "
           f"FPR95 {rec['calibration_FPR95']:.2f}; best single source: "
           + max(rec["single_sources"].items(), key=lambda kv: kv[1]["AuPRC"])[0])
