@@ -16,6 +16,25 @@ TINY_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=2, width=64
                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
 
 
+@pytest.fixture(scope="module")
+def random_espnetv2_onnx(tmp_path_factory):
+    """One export (≈ 11 s on 2 cores) of a randomly initialised ESPNetv2 at 64×128, named after its registered
+    model, shared by the tests that only read it; a test that alters the file copies it first (:func:`_copy`)."""
+    path = tmp_path_factory.mktemp("onnx") / "espnetv2_random.onnx"
+    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), path, (64, 128), name="espnetv2_s2.0_cityscapes")
+    return path
+
+
+def _copy(onnx_path, folder, name: str):
+    """``onnx_path`` and its sidecar record copied to ``folder/name``; returns the copy's path."""
+    import shutil
+
+    target = folder / name
+    shutil.copyfile(onnx_path, target)
+    shutil.copyfile(f"{onnx_path}.json", f"{target}.json")
+    return target
+
+
 @pytest.mark.parametrize("name", ["espnetv2_s2.0_cityscapes", "espnet_p2_q8_cityscapes", "dicenet_s1.75_cityscapes"])
 def test_onnxruntime_matches_pytorch_on_a_real_image(name, road_obstacle_image):
     onnx = create_predictor(name, backend="onnxruntime", input_size=SIZE)            # exported + checked once
@@ -60,11 +79,10 @@ def test_export_of_a_mask_query_model(tiny_mask2former, tmp_path):
         segmenter(torch.randn(1, 3, 256, 256))
 
 
-def test_export_errors_are_clear(tmp_path):
+def test_export_errors_are_clear(tmp_path, random_espnetv2_onnx):
     with pytest.raises(ExportError, match="does not exist"):
         load_exported(tmp_path / "missing.onnx")
-    model = create_model("espnetv2_s2.0_cityscapes", weights=None)
-    export_onnx(model, tmp_path / "m.onnx", (64, 128), name="espnetv2")
+    _copy(random_espnetv2_onnx, tmp_path, "m.onnx")
     (tmp_path / "m.onnx").write_bytes(b"not onnx")
     with pytest.raises(ExportError, match="cannot load"):
         OnnxRuntimeRunner(tmp_path / "m.onnx")
@@ -225,16 +243,15 @@ def test_export_command_for_a_vl_model(tiny_vl_model, tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()                   # refused before any export work
 
 
-def test_engine_parity_check_catches_a_graph_that_computes_something_else(tmp_path):
+def test_engine_parity_check_catches_a_graph_that_computes_something_else(tmp_path, random_espnetv2_onnx):
     """The check every TensorRT engine gets on load (against ONNX Runtime on the CPU), exercised here with two ONNX
     Runtime runners on a real road frame: the same graph passes with every class agreeing; a graph with other
     weights behind the same interface is refused for its classes and score map, not for raw magnitudes."""
     from vl_anomaly.deploy import check_parity, parity_frame
 
-    torch.manual_seed(0)
-    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "a.onnx", (64, 128))
+    torch.manual_seed(0)                                          # other random weights than the shared export's
     export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "b.onnx", (64, 128))
-    a, b = OnnxRuntimeRunner(tmp_path / "a.onnx", threads=1), OnnxRuntimeRunner(tmp_path / "a.onnx")
+    a, b = OnnxRuntimeRunner(random_espnetv2_onnx, threads=1), OnnxRuntimeRunner(random_espnetv2_onnx)
     frame = parity_frame()
     assert frame.shape == (1080, 1920, 3)                         # the shared RoadObstacle21 frame on our machines
     figures = check_parity(a, b, "fp32", frame=frame)
@@ -261,21 +278,19 @@ def test_clip_parity_at_batches_1_8_and_the_maximum(tmp_path):
         check_parity(OnnxRuntimeRunner(tmp_path / "b.onnx"), reference, "fp16")
 
 
-def test_the_graph_runs_the_network_once(tmp_path):
+def test_the_graph_runs_the_network_once(random_espnetv2_onnx):
     """One forward pass per frame in the graph: as many Conv nodes as the network has Conv2d layers (a wrapper
     that called the model once per output would export it once per output)."""
     import onnx
 
     model = create_model("espnetv2_s2.0_cityscapes", weights=None)
-    export_onnx(model, tmp_path / "m.onnx", (64, 128))
-    convs = sum(node.op_type == "Conv" for node in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    convs = sum(node.op_type == "Conv" for node in onnx.load(str(random_espnetv2_onnx)).graph.node)
     assert convs == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def test_an_export_must_fit_the_predictor(tmp_path):
+def test_an_export_must_fit_the_predictor(tmp_path, random_espnetv2_onnx):
     """Model name and input size of an explicit export are checked when the predictor is built, not per frame."""
-    path = tmp_path / "e.onnx"
-    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), path, (64, 128), name="espnetv2_s2.0_cityscapes")
+    path = _copy(random_espnetv2_onnx, tmp_path, "e.onnx")
     assert create_predictor("espnetv2_s2.0_cityscapes", backend="onnxruntime", onnx_path=path, input_size=(64, 128))
     with pytest.raises(ConfigError, match="exported for input 64x128"):
         create_predictor("espnetv2_s2.0_cityscapes", backend="onnxruntime", onnx_path=path)
@@ -324,7 +339,7 @@ def test_onnxruntime_tensorrt_provider_caches_its_engines(tmp_path, monkeypatch)
         == ("images:1x3x64x64", "images:8x3x64x64", "images:20x3x64x64")
 
 
-def test_a_gpu_provider_that_did_not_load_is_reported(tmp_path, monkeypatch, caplog):
+def test_a_gpu_provider_that_did_not_load_is_reported(random_espnetv2_onnx, monkeypatch, caplog):
     """ONNX Runtime lists CUDA but the session runs on the CPU (its libraries did not load): a warning by default,
     an error with provider_fallback='error'; the providers in use are what the runner reports."""
     import logging
@@ -333,19 +348,18 @@ def test_a_gpu_provider_that_did_not_load_is_reported(tmp_path, monkeypatch, cap
 
     from vl_anomaly.deploy import ort_session, providers_in_use
 
-    export_onnx(create_model("espnetv2_s2.0_cityscapes", weights=None), tmp_path / "m.onnx", (64, 128))
     real_session = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession",
                         lambda path, options, providers: real_session(path, options,
                                                                       providers=["CPUExecutionProvider"]))
     with caplog.at_level(logging.WARNING, logger="vl_anomaly"):
-        runner = OnnxRuntimeRunner(tmp_path / "m.onnx")
+        runner = OnnxRuntimeRunner(random_espnetv2_onnx)
     assert "CUDAExecutionProvider did not load" in caplog.text
     assert runner.providers_in_use == ["CPUExecutionProvider"]
     with pytest.raises(ConfigError, match="asked for CUDAExecutionProvider, CPUExecutionProvider .* runs on "
                                           "CPUExecutionProvider"):
-        ort_session(tmp_path / "m.onnx", provider_fallback="error")
-    model = load_exported(tmp_path / "m.onnx")
+        ort_session(random_espnetv2_onnx, provider_fallback="error")
+    model = load_exported(random_espnetv2_onnx)
     assert providers_in_use(model) == ["CPUExecutionProvider"]
     assert providers_in_use(torch.nn.Identity()) == ["PyTorch"]
