@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .datasets import AnomalyDataset
 from .errors import ConfigError
-from .fusion import FusionCfg, LogisticCombiner, SourceNorm, simplex_grid
+from .fusion import FusionCfg, LogisticCombiner, SourceNorm, combine, simplex_grid
 
 HIST_BINS = 8192
 
@@ -98,26 +98,21 @@ def fit_fusion(samples: dict[str, tuple[np.ndarray, np.ndarray]], sources: list[
         candidates += [(None, w) for w in grid]
     if "gated" in forms:
         candidates += [(g, w) for g in range(len(sources)) for w in grid if w[g] > 0]
+    columns = [{s: xn[:, i] for i, s in enumerate(sources)} for xn, _ in parts]
     best, best_key = None, None
-    single, by_form = {}, {}
+    single, by_form, form_keys = {}, {}, {}
     for gate, weights in tqdm(candidates, desc="fusion grid", unit="weights", leave=False):
-        w = weights.astype(np.float32)
-        if gate is None:
-            scores = [xn @ w for xn, _ in parts]
-        else:
-            scores = []
-            for xn, _ in parts:
-                others = xn.copy()
-                others[:, gate] = 1.0                            # ŝ_g · (w_g · 1 + Σ_{i≠g} w_i ŝ_i)
-                scores.append(xn[:, gate] * (others @ w))
-        per_set = [ap_fpr95(score, t) for score, (_, t) in zip(scores, parts)]
+        w = dict(zip(sources, weights.tolist()))
+        g = None if gate is None else sources[gate]
+        per_set = [ap_fpr95(combine(normed, w, g), t) for normed, (_, t) in zip(columns, parts)]  # as fuse() applies it
         ap = float(np.mean([a for a, _ in per_set]))
         fpr = float(np.mean([f for _, f in per_set]))
         key = (round(ap, 9), -round(fpr, 9))
         if best_key is None or key > best_key:
             best, best_key = (gate, weights, ap, fpr), key
-        form = "sum" if gate is None else f"gated by {sources[gate]}"
-        if form not in by_form or 100 * ap > by_form[form]["AuPRC"]:
+        form = "sum" if gate is None else f"gated by {g}"
+        if form not in form_keys or key > form_keys[form]:
+            form_keys[form] = key
             by_form[form] = {"AuPRC": 100 * ap, "FPR95": 100 * fpr,
                              "weights": {s: round(float(x), 6) for s, x in zip(sources, weights)}}
         if gate is None and np.count_nonzero(weights) == 1:
