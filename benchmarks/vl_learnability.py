@@ -48,6 +48,7 @@ from vl_anomaly.cpu import cpu_model, set_threads
 from vl_anomaly.networks.clip_towers import TINY_CLIP_CONFIG
 from vl_anomaly.calibration import FUSION_FORMS, fit_fusion, sample_pixels, write_fused_maps
 from vl_anomaly.datasets import load_dataset
+from vl_anomaly.fusion import FusionCfg
 from vl_anomaly.evaluation import run_evaluation
 from vl_anomaly.metrics import PixelMetrics
 from vl_anomaly.train.synthetic import (NOVEL_COLOUR_NAMES, TRAIN_GREYS, TRAIN_OUTLIERS, write_anomaly_set,
@@ -132,7 +133,7 @@ def evaluate(weights: str, data: Path, out: Path, seed: int,
     run_evaluation([validation], sources, out / "validation", predictor, workers=1)
     samples = {"validation": sample_pixels(validation, out / "validation" / "score_maps", sources)}
     fusion = fit_fusion(samples, sources, step=0.1, model=NAME, forms=FUSION_FORMS)
-    sum_only = fit_fusion(samples, sources, step=0.1, model=NAME, forms=("sum",))
+    sum_only = FusionCfg(fusion.record["best_by_form"]["sum"]["weights"], fusion.norms)   # the search's best sum
     predictor.scoring = predictor.scoring.with_fusion(fusion)              # same model, now with score "fused"
     test = load_dataset(f"road_anomaly_21={data / 'novel'}")
     results = run_evaluation([test], SOURCES, out / "test", predictor, workers=1)
