@@ -14,7 +14,7 @@ The gated form (ours, issue 17): ``s = ŝ_g · (w_g + Σ_{i≠g} w_i ŝ_i)`` wit
 source ``g`` as the gate. The other sources raise what the gate already finds (by up to a factor ``1/w_g``) but
 cannot make an anomaly on their own where the gate is silent. On the synthetic road world the detector's MSP
 fires on class boundaries as well as on objects; in a weighted sum its share is capped by those boundaries, while
-gated by the text-guided score it can take a large share (0.8) that only lifts regions the text-guided score
+gated by the text-guided score it can take a large share (0.6–0.8) that only lifts regions the text-guided score
 already marks (docs/method.md). It does not help an object the gate finds and the other sources miss (there the
 gated score is ``w_g ŝ_g``). :func:`vl_anomaly.calibration.fit_fusion` searches both forms (``forms``) and keeps
 the better on the calibration pixels.
