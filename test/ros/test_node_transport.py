@@ -212,11 +212,14 @@ def test_bad_input_corpus_is_counted_and_the_node_survives(probe, node, image_pu
 
 
 def _blast(probe, image_pub, msg_rgb, first_sec: int, count: int, interval: float) -> dict[int, float]:
+    """Publish ``count`` frames every ``interval`` s; the messages are built beforehand, so that the publisher's
+    own conversion work does not stretch the interval on a loaded machine. Returns stamp sec → send time."""
+    messages = [_stamped(array_to_image_msg(msg_rgb, "rgb8"), first_sec + i) for i in range(count)]
     sent = {}
-    for i in range(count):
-        sec = first_sec + i
+    for msg in messages:
+        sec = msg.header.stamp.sec
         sent[sec] = time.monotonic()
-        image_pub.publish(_stamped(array_to_image_msg(msg_rgb, "rgb8"), sec))
+        image_pub.publish(msg)
         time.sleep(max(0.0, sent[sec] + interval - time.monotonic()))
     return sent
 
@@ -231,9 +234,12 @@ def _latencies(probe, sent: dict[int, float]) -> list[float]:
 def test_overload_bounded_latency_and_every_frame_accounted(probe, node, image_pub, images, policy):
     from rclpy.parameter_client import AsyncParameterClient
 
-    rgb = read_image(images["1"])
+    # A 640×360 camera frame: the network input (256×512) costs the node the same as for the full 1280×720, but
+    # the publisher's per-message cost and the node's output publishing are a quarter, so the blast's rate is
+    # what the test asks for (with the full frame the publisher managed barely half of it on 2 cores).
+    rgb = cv2.resize(read_image(images["1"]), (640, 360), interpolation=cv2.INTER_AREA)
     # The node's own rate on this frame, measured now (sequentially, no queueing); the fastest of three round
-    # trips, so that a machine that gets less busy during the blast still sees twice its rate.
+    # trips, so that a machine that gets less busy during the blast is still overloaded.
     round_trips = []
     for i in range(3):
         start = time.monotonic()
@@ -248,15 +254,15 @@ def test_overload_bounded_latency_and_every_frame_accounted(probe, node, image_p
     assert probe.wait_for(lambda: future.done(), 10.0) and all(r.successful for r in future.result().results)
     before = _counters(probe)
     # The node's own serialized work per frame (its stage times, from its diagnostics) can be well below the round
-    # trip: transport into the node and out to this probe overlap the next frame's work. Blasting at twice the
-    # round-trip rate then kept up on a faster CI machine and nothing was dropped. Send at three times the faster
-    # of the two rates, so that frames must wait or be dropped on any machine.
+    # trip: transport into the node and out to this probe overlap the next frame's work. Send at six times the
+    # faster of the two rates: at three times, a machine that was busy while the rates were measured and idle
+    # during the blast let the node keep up, and nothing was dropped (seen once in CI for each policy).
     node_work = sum(float(before[f"{stage}_ms.p50"]) for stage in ("convert", "inference", "publish", "overlay")
                     if before.get(f"{stage}_ms.p50") not in (None, "", "None")) / 1e3
-    interval = min(per_frame, node_work) / 3 if node_work > 0 else per_frame / 3
+    interval = min(per_frame, node_work) / 6 if node_work > 0 else per_frame / 6
     first = 5000 if policy == "latest" else 6000
     count = 30
-    sent = _blast(probe, image_pub, rgb, first, count, interval)               # three times the node's rate
+    sent = _blast(probe, image_pub, rgb, first, count, interval)               # six times the node's rate
     after = _counters(probe, settle=lambda v: int(v["in_flight"]) == 0
                       and int(v["received"]) - int(before["received"]) >= count)
     received = int(after["received"]) - int(before["received"])
@@ -275,7 +281,8 @@ def test_overload_bounded_latency_and_every_frame_accounted(probe, node, image_p
                   if after.get(f"{stage}_ms.max") not in (None, ""))
     print(f"{policy}: {per_frame * 1e3:.0f} ms round trip, {node_work * 1e3:.0f} ms node work idle, "
           f"sent every {interval * 1e3:.0f} ms, {work_ms:.0f} ms max under load, {received} in, "
-          f"{processed} processed, {dropped} dropped, latency max {max(latencies) * 1e3:.0f} ms")
+          f"{processed} processed, {dropped} dropped, latency max {max(latencies) * 1e3:.0f} ms, "
+          f"achieved send interval {(max(sent.values()) - min(sent.values())) / (count - 1) * 1e3:.0f} ms")
     assert len(latencies) == processed
     waiting = 1 if policy == "latest" else depth
     assert max(latencies) < (waiting + 2) * work_ms / 1e3 + 1.0, (latencies, work_ms)
