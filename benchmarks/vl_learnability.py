@@ -208,7 +208,7 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer scenes and iterations (≈ 3 min on 2 Intel Xeon cores, ≈ 6 on 2 AMD EPYC cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer scenes and iterations (≈ 3 min on 2 Intel Xeon cores, ≈ 5 on 2 AMD EPYC cores)")
     parser.add_argument("--arrangement", choices=sorted(ARRANGEMENTS), default="espnetv2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0,
