@@ -2,8 +2,9 @@
 
 Measured on 2026-11-25 (this file's thresholds leave a margin below these figures):
 
-* RoadObstacle21 val (30 frames), share of pixels labelled road that are predicted road:
-  ESPNetv2 0.992, ESPNet 0.353 (ESPNet suffers badly from the domain shift; the shared notes report 34 % too).
+* RoadObstacle21 val, share of pixels labelled road that are predicted road: all 30 frames ESPNetv2 0.992, ESPNet
+  0.353 (ESPNet suffers badly from the domain shift; the shared notes report 34 % too); every other frame, as the
+  test reads them (re-measured 2026-12-03): 0.993 and 0.352.
   With the colour channels swapped: ESPNetv2 0.977, ESPNet 0.761 — so this check alone cannot catch a
   channel-order bug, hence the second test.
 * FS Static val (Cityscapes images), pixel agreement of the two independently trained networks' argmax:
@@ -34,12 +35,13 @@ def _label(path):
 
 @pytest.fixture(scope="module")
 def road_rates(predictors, anomaly_val):
-    """Share of RoadObstacle21 'road' pixels (label 0) predicted road, per model, over all 30 frames."""
+    """Share of RoadObstacle21 'road' pixels (label 0) predicted road, per model, over every other frame (15 of 30:
+    the same rates to 0.001 as all 30, in half the time)."""
     rates = {}
     folder = anomaly_val / "RoadObstacle21"
     for name, predictor in predictors.items():
         hit = total = 0
-        for i in range(30):
+        for i in range(0, 30, 2):
             image = read_image(folder / "images" / f"{i}.webp")
             label = _label(folder / "labels_masks" / f"{i}.png")
             _, semantic, _ = predictor.score_image(image)
@@ -120,6 +122,8 @@ def test_lite_models_segment_the_road(predictors, anomaly_val):
     and 0.995 (DiCENet); argmax agreement with ESPNetv2 s2.0 on 4 FS Static frames 0.907, 0.898 and 0.904. A wrong
     width fails to load; a wrong pipeline or a wrong DiCE detail (row/column resizing, shuffles) breaks both."""
     reference = predictors["espnetv2_s2.0_cityscapes"]
+    fs_static = [read_image(anomaly_val / "FS_Static" / "images" / f"{i}.jpg") for i in range(4)]
+    reference_argmax = [reference.score_image(image)[1] for image in fs_static]     # once, not once per model
     folder = anomaly_val / "RoadObstacle21"
     for name, min_road in (("espnetv2_s1.5_cityscapes", 0.95), ("espnetv2_s1.0_cityscapes", 0.8),
                            ("dicenet_s1.75_cityscapes", 0.95)):
@@ -130,7 +134,7 @@ def test_lite_models_segment_the_road(predictors, anomaly_val):
             semantic = predictor.score_image(read_image(folder / "images" / f"{i}.webp"))[1]
             hit += int((semantic[road] == 0).sum())
             total += int(road.sum())
-        agree = [float((predictor.score_image(image)[1] == reference.score_image(image)[1]).mean())
-                 for image in (read_image(anomaly_val / "FS_Static" / "images" / f"{i}.jpg") for i in range(4))]
+        agree = [float((predictor.score_image(image)[1] == argmax).mean())
+                 for image, argmax in zip(fs_static, reference_argmax)]
         assert hit / total >= min_road, (name, hit / total)
         assert np.mean(agree) >= 0.85, (name, agree)

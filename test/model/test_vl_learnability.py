@@ -53,7 +53,9 @@ def test_training_learns_on_the_synthetic_world(tmp_path):
     import vl_learnability
 
     set_threads(2)
-    report = vl_learnability.run(quick=True, workdir=tmp_path, progress=False, sizes=(48, 12, 80))
+    # 50 iterations (measured 2026-12-03, AMD EPYC): loss 3.69 → 0.47, text-guided AP 1.2 → 16.7, fused 1.2 → 22.9;
+    # 80 gave 0.25, 23.7 and 28.8 in 20 s more.
+    report = vl_learnability.run(quick=True, workdir=tmp_path, progress=False, sizes=(48, 12, 50))
     first, last = report["loss_first_last"]
     assert last < 0.5 * first
     untrained, trained = report["untrained_ap"], report["trained_ap"]
