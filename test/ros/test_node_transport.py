@@ -212,14 +212,14 @@ def test_bad_input_corpus_is_counted_and_the_node_survives(probe, node, image_pu
 
 
 def _blast(probe, image_pub, msg_rgb, first_sec: int, count: int, interval: float) -> dict[int, float]:
-    """Publish ``count`` frames every ``interval`` s; the messages are built beforehand, so that the publisher's
-    own conversion work does not stretch the interval on a loaded machine. Returns stamp sec → send time."""
-    messages = [_stamped(array_to_image_msg(msg_rgb, "rgb8"), first_sec + i) for i in range(count)]
+    """Publish ``count`` frames every ``interval`` s, stamped ``first_sec``, ``first_sec + 1``, …; the image is
+    converted once before the blast (``publish`` serialises the message, so only the stamp changes between
+    sends), so that conversion work does not stretch the interval on a loaded machine. Returns stamp sec → send time."""
+    msg = array_to_image_msg(msg_rgb, "rgb8")
     sent = {}
-    for msg in messages:
-        sec = msg.header.stamp.sec
+    for sec in range(first_sec, first_sec + count):
         sent[sec] = time.monotonic()
-        image_pub.publish(msg)
+        image_pub.publish(_stamped(msg, sec))
         time.sleep(max(0.0, sent[sec] + interval - time.monotonic()))
     return sent
 
