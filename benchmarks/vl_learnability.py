@@ -150,7 +150,7 @@ def evaluate(weights: str, data: Path, out: Path, seed: int,
 
 def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
         sizes: tuple[int, int, int] | None = None, arrangement: str = "espnetv2",
-        size: tuple[int, int] | None = None) -> dict:
+        size: tuple[int, int] | None = None, frozen_modules: tuple[str, ...] | None = None) -> dict:
     """The whole path in ``workdir``; ``sizes`` = (train scenes, test scenes, iterations) overrides the presets
     (ESPNetv2 quick: 160, 24, 400 at 128×256; full: 400, 60, 400 at 256×512 — more iterations overfit: 1200 gave
     fused AP 35, docs/method.md; Mask2Former, from random weights: 160, 24, 300 and 400, 60, 800 at 128×256) and
@@ -170,6 +170,7 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
     cfg = TrainCfg(model=NAME, cityscapes=str(data / "cityscapes"), coco=str(data / "coco"),
                    output=str(workdir / "train"), weights=start_weights, clip_weights="default", paste_prob=0.8,
                    paste_size=PASTE_SIZE, paste_count=PASTE_COUNT, freeze_segmenter=False,
+                   segmenter_frozen_modules=tuple(frozen_modules or ()),
                    crop=size, min_scale=1.0, max_scale=1.0, iterations=iterations, batch_size=4, lr=1e-3,
                    workers=0, checkpoint_every=iterations, log_every=50, seed=seed, resume=False)
     t0 = time.perf_counter()
@@ -184,6 +185,7 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
             "platform": platform.platform(), "torch": torch.__version__, "quick": quick, "arrangement": arrangement,
             "setup": {"seed": seed, "train_scenes": n_train, "test_scenes": n_test, "size": list(size),
                       "iterations": iterations, "batch": 4, "outlier_images": OUTLIER_IMAGES,
+                      "segmenter_frozen_modules": list(cfg.segmenter_frozen_modules),
                       "outliers": "discs/ellipses/triangles/squares/pentagons, hues 0-150 and 345-360 deg, "
                                   f"{1 - TRAIN_GREYS[0]:.0%} saturated, {TRAIN_GREYS[0]:.0%} greyish "
                                   f"(value <= {TRAIN_GREYS[2][1]:g}) (pasted with p=0.8, 1-{PASTE_COUNT} per crop, "
@@ -215,11 +217,14 @@ def main() -> None:
                         help="draws the whole world (scenes, outliers, validation and test objects) and training")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="scene size (default 256 512 for the full ESPNetv2 run, else 128 256)")
+    parser.add_argument("--frozen-modules", nargs="*", default=None, metavar="NAME",
+                        help="segmenter modules kept frozen while it trains (TrainCfg.segmenter_frozen_modules)")
     parser.add_argument("-o", "--output", default="benchmarks/results/vl_learnability.json")
     args = parser.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vl_learnability_") as workdir:
-        report = run(args.quick, Path(workdir), seed=args.seed, arrangement=args.arrangement, size=args.size)
+        report = run(args.quick, Path(workdir), seed=args.seed, arrangement=args.arrangement, size=args.size,
+                     frozen_modules=args.frozen_modules)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("untrained_ap", "trained_ap", "train_seconds", "seconds")}, indent=1))

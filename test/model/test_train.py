@@ -265,6 +265,39 @@ def test_mask2former_head_and_segmenter_train_together(cityscapes, tmp_path):
         create_model("vl_m2f_tiny_train_test", weights=str(tmp_path / "partial.safetensors"), clip_weights="none")
 
 
+def test_segmenter_trains_with_its_stem_and_first_stage_frozen(tiny_vl_model, cityscapes, coco, tmp_path):
+    """``segmenter_frozen_modules`` (detectron2's FREEZE_AT): the named ESPNetv2 modules keep their weights *and*
+    BatchNorm statistics while the rest of the segmenter trains; a name that is no module is refused with the
+    modules there are; one name may be written without a list."""
+    from safetensors.torch import load_file
+
+    from vl_anomaly import create_model
+    from vl_anomaly.train.trainer import TrainCfg, train
+
+    frozen = ("base_net.level1", "base_net.level2_0")
+    initial = create_model(tiny_vl_model, weights="untrained").state_dict()
+    cfg = _cfg(tiny_vl_model, cityscapes, coco, tmp_path / "fz", 2)
+    cfg.freeze_segmenter, cfg.segmenter_frozen_modules = False, frozen
+    train(cfg, progress=False)
+    head = load_file(str(tmp_path / "fz" / "checkpoint" / "head.safetensors"))
+    in_frozen = [k for k in head if k.startswith(tuple(f"segmenter.{m}." for m in frozen))]
+    assert any(k.endswith("running_mean") for k in in_frozen) and any(k.endswith(".weight") for k in in_frozen)
+    for key in in_frozen:
+        torch.testing.assert_close(head[key], initial[key], rtol=0, atol=0, msg=key)
+    moved = [k for k in head if k.startswith("segmenter.base_net.level3_0.") and not torch.equal(head[k], initial[k])]
+    assert any(k.endswith("running_mean") for k in moved) and any(k.endswith(".weight") for k in moved)
+    cfg.segmenter_frozen_modules, cfg.output = ("base_net.level9",), str(tmp_path / "bad")
+    with pytest.raises(ConfigError, match=r"\['base_net.level9'\] are not modules of the segmenter .*base_net"):
+        train(cfg, progress=False)
+    cfg.freeze_segmenter, cfg.segmenter_frozen_modules = True, frozen
+    with pytest.raises(ConfigError, match="whole segmenter is frozen already"):
+        train(cfg, progress=False)
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump({"model": tiny_vl_model, "cityscapes": "c", "output": "o",
+                                    "segmenter_frozen_modules": "base_net.level1"}))
+    assert TrainCfg.load(path).segmenter_frozen_modules == ("base_net.level1",)
+
+
 def test_mixed_precision_and_gradient_accumulation_run(tiny_vl_model, cityscapes, coco, tmp_path):
     """bf16 autocast on the CPU (fp16 + GradScaler on CUDA, not run here) and accumulation over 2 micro-batches."""
     from vl_anomaly.train.trainer import train

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..constants import CITYSCAPES_CLASSES
+from ..errors import ConfigError
 from ..outputs import SegmenterOutput, VLOutput
 from .clip_towers import FrozenCLIP, template_text_embeddings
 from .pl_aligner import MaskTextAligner, PixelTextAligner
@@ -75,6 +76,7 @@ class VLAnomalyModel(nn.Module):
         if getattr(segmenter, "has_mask_queries", False):
             self.mask_aligner = MaskTextAligner(segmenter.query_dim, dim, heads=heads, tau=tau)
         self.freeze_segmenter = freeze_segmenter
+        self.frozen_segmenter_modules: tuple[str, ...] = ()     # frozen parts of a trained segmenter (training)
         if freeze_segmenter:
             for parameter in self.segmenter.parameters():
                 parameter.requires_grad_(False)
@@ -125,16 +127,33 @@ class VLAnomalyModel(nn.Module):
             self._anomaly_text = self.clip.encode_text(list(self.anomaly_prompts))
         return self._anomaly_text.to(self.text_embeddings.device)
 
-    def set_segmenter_trainable(self, trainable: bool) -> None:
-        """Unfreeze (or freeze) the segmenter; CLIP stays frozen either way."""
+    def set_segmenter_trainable(self, trainable: bool, frozen_modules: tuple[str, ...] | list[str] = ()) -> None:
+        """Unfreeze (or freeze) the segmenter; CLIP stays frozen either way. ``frozen_modules`` names submodules of
+        the segmenter (``named_modules`` names, e.g. ``base_net.level1``) that stay frozen — weights and BatchNorm
+        statistics — while the rest trains: the stem and first stage, as detectron2's ``FREEZE_AT: 2``, whose
+        backward pass is then skipped. Unknown names raise :class:`ConfigError` listing the segmenter's modules."""
+        modules = dict(self.segmenter.named_modules())
+        unknown = [name for name in frozen_modules if not name or name not in modules]
+        if unknown:
+            top = [name for name in modules if name and "." not in name]
+            nested = [name for name in modules if name.count(".") == 1]
+            raise ConfigError(f"segmenter_frozen_modules: {unknown} are not modules of the segmenter "
+                              f"({type(self.segmenter).__name__}); its modules include {top} and, one level "
+                              f"down, {nested[:12]}{' …' if len(nested) > 12 else ''}")
         self.freeze_segmenter = not trainable
+        self.frozen_segmenter_modules = tuple(frozen_modules) if trainable else ()
         for parameter in self.segmenter.parameters():
             parameter.requires_grad_(trainable)
+        for name in self.frozen_segmenter_modules:
+            for parameter in modules[name].parameters():
+                parameter.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "VLAnomalyModel":
         super().train(mode)
         if self.freeze_segmenter:
             self.segmenter.eval()                  # frozen BatchNorm statistics too
+        for name in self.frozen_segmenter_modules:
+            self.segmenter.get_submodule(name).eval()
         self.clip.train(False)
         if mode:
             self.text_cache_valid.fill_(False)     # prompts may change: recompute before the next inference

@@ -60,6 +60,11 @@ class TrainCfg:
     amp: bool = False
     workers: int = 2
     freeze_segmenter: bool = True
+    #: with ``freeze_segmenter: false``, submodules of the segmenter that still stay frozen (weights and BatchNorm
+    #: statistics), by name — e.g. ESPNetv2's stem and first stage ``[base_net.level1, base_net.level2_0]``, as
+    #: detectron2's ``FREEZE_AT: 2``: their backward pass is skipped (a fifth of a training step at 128×256 on a
+    #: CPU, docs/benchmarks.md).
+    segmenter_frozen_modules: tuple[str, ...] = ()
     segmenter_lr_mult: float = 1.0
     loss_segmenter: float = 1.0
     loss_pixel: float = 1.0
@@ -85,7 +90,9 @@ class TrainCfg:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown training config keys {sorted(unknown)}; known: {sorted(known)}")
-        for key in ("crop", "paste_size"):
+        if isinstance(data.get("segmenter_frozen_modules"), str):         # one name written without a list
+            data["segmenter_frozen_modules"] = [data["segmenter_frozen_modules"]]
+        for key in ("crop", "paste_size", "segmenter_frozen_modules"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -172,7 +179,10 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
     model = create_model(cfg.model, weights=cfg.weights, device=str(device), clip_weights=cfg.clip_weights)
     if not hasattr(model, "pixel_aligner"):
         raise ConfigError(f"{cfg.model} is not a vl_anomaly model: only the vision-language head is trained here")
-    model.set_segmenter_trainable(not cfg.freeze_segmenter)
+    if cfg.freeze_segmenter and cfg.segmenter_frozen_modules:
+        raise ConfigError("segmenter_frozen_modules names parts of a segmenter that trains; with freeze_segmenter: "
+                          "true the whole segmenter is frozen already (set one or the other)")
+    model.set_segmenter_trainable(not cfg.freeze_segmenter, cfg.segmenter_frozen_modules)
     model.train()
     preprocess = get_preprocess_cfg(cfg.model)
     outliers = CocoOutliers(cfg.coco) if cfg.coco else None
