@@ -35,6 +35,9 @@ class SegmenterOutput:
         member_logits: ``(B, M, K, H, W)`` the class logits of each of the M members of an ensemble
             (:class:`~vl_anomaly.networks.ensemble.EnsembleSegmenter`), resampled to H × W; ``logits`` is then the
             log of their mean softmax.
+        decoder_layer_predictions: training mode of mask-query models only: ``(class_queries_logits (B, Q, K + 1),
+            masks_queries_logits (B, Q, H/4, W/4))`` of every decoder layer, the first before any layer and the last
+            equal to the two fields above; Mask2Former's own loss puts an auxiliary term on each (None otherwise).
     """
 
     logits: torch.Tensor
@@ -45,6 +48,7 @@ class SegmenterOutput:
     masks_queries_logits: torch.Tensor | None = None
     query_embeddings: torch.Tensor | None = None
     member_logits: torch.Tensor | None = None
+    decoder_layer_predictions: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
 
     @property
     def has_mask_queries(self) -> bool:

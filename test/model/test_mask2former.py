@@ -64,3 +64,40 @@ def test_missing_checkpoint_directory_is_a_clear_error(tmp_path):
 def test_default_hub_checkpoint_unreachable_offline_is_a_clear_error():
     with pytest.raises(WeightsError, match="facebook/mask2former-swin-tiny-cityscapes-semantic"):
         create_model("mask2former_swin_t_cityscapes", weights="default")
+
+
+def test_training_loss_reuses_the_forward_pass_and_equals_transformers_own(tiny_mask2former):
+    """``segmentation_loss`` on the training forward's output (no second pass): the same loss and the same
+    gradients as ``Mask2FormerForUniversalSegmentation(pixel_values, mask_labels, class_labels).loss`` (auxiliary
+    losses on every decoder layer included); an eval-mode output is refused with what to do."""
+    x = torch.randn(2, 3, 64, 128)
+    labels = torch.randint(0, 19, (2, 64, 128))
+    labels[0, :8] = 255                                                   # void is left out of every mask
+    tiny_mask2former.train()
+    try:
+        torch.manual_seed(3)                                              # the loss samples points at random
+        out = tiny_mask2former(x)
+        ours = tiny_mask2former.segmentation_loss(out, labels)
+        ours.backward()
+        grads = {n: p.grad.clone() for n, p in tiny_mask2former.named_parameters() if p.grad is not None}
+        tiny_mask2former.zero_grad(set_to_none=True)
+        masks = [torch.stack([(lab == c).float() for c in lab.unique().tolist() if c != 255]) for lab in labels]
+        classes = [torch.tensor([c for c in lab.unique().tolist() if c != 255]) for lab in labels]
+        torch.manual_seed(3)
+        ref = tiny_mask2former.model(pixel_values=x, mask_labels=masks, class_labels=classes).loss
+        ref.backward()
+        layers = tiny_mask2former.model.model.transformer_module.decoder.layers    # + the one before any layer
+        assert len(out.decoder_layer_predictions) == len(layers) + 1 > 1           # so auxiliary terms exist
+        assert out.decoder_layer_predictions[-1][1] is not None
+        torch.testing.assert_close(out.decoder_layer_predictions[-1][0], out.class_queries_logits)
+        torch.testing.assert_close(out.decoder_layer_predictions[-1][1], out.masks_queries_logits)
+        torch.testing.assert_close(ours, ref)
+        for name, p in tiny_mask2former.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+        assert grads.keys() == {n for n, p in tiny_mask2former.named_parameters() if p.grad is not None}
+    finally:
+        tiny_mask2former.zero_grad(set_to_none=True)
+        tiny_mask2former.eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"training mode only: call \.train\(\)"):
+        tiny_mask2former.segmentation_loss(tiny_mask2former(x), labels)

@@ -99,29 +99,48 @@ class Mask2FormerSegmenter(nn.Module):
         return cls(model)
 
     def forward(self, pixel_values: torch.Tensor) -> SegmenterOutput:
-        inner = self.model.model(pixel_values=pixel_values, output_hidden_states=False)
+        auxiliary = self.training and self.model.config.use_auxiliary_loss        # as transformers' forward
+        inner = self.model.model(pixel_values=pixel_values, output_hidden_states=auxiliary)
         queries = self.model.model.transformer_module.decoder.layernorm(inner.transformer_decoder_last_hidden_state)
         class_logits = self.model.class_predictor(queries)                           # (B, Q, K+1)
         mask_embed = self.model.model.transformer_module.decoder.mask_predictor.mask_embedder(queries)
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, inner.pixel_decoder_last_hidden_state)
         semantic = semantic_from_queries(class_logits, mask_logits, pixel_values.shape[-2:])
+        layers = None
+        if auxiliary:            # every decoder layer's predictions, for the auxiliary losses (segmentation_loss)
+            layers = tuple((self.model.class_predictor(states.transpose(0, 1)), masks) for states, masks in
+                           zip(inner.transformer_decoder_intermediate_states, inner.masks_queries_logits))
+        elif self.training:
+            layers = ((class_logits, mask_logits),)
         return SegmenterOutput(logits=semantic, pixel_features=inner.pixel_decoder_last_hidden_state,
                                feature_stride=self.feature_stride, class_queries_logits=class_logits,
-                               masks_queries_logits=mask_logits, query_embeddings=queries)
+                               masks_queries_logits=mask_logits, query_embeddings=queries,
+                               decoder_layer_predictions=layers)
 
 
-    def segmentation_loss(self, pixel_values: torch.Tensor, labels: torch.Tensor, ignore: tuple[int, ...] = (254, 255)
+    def segmentation_loss(self, output: SegmenterOutput, labels: torch.Tensor, ignore: tuple[int, ...] = (254, 255)
                           ) -> torch.Tensor:
         """Mask2Former's own training loss (transformers' implementation: Hungarian matching, class CE weight 2,
-        mask BCE 5, dice 5, no-object 0.1, point sampling) for semantic labels ``(B, H, W)`` (train IDs; ``ignore``
-        values are left out of every mask). Runs its own forward pass."""
+        mask BCE 5, dice 5, no-object 0.1, point sampling, an auxiliary loss on every decoder layer) of a
+        training-mode ``output`` of this segmenter, for semantic labels ``(B, H, W)`` (train IDs; ``ignore``
+        values are left out of every mask). It reuses that forward pass — the same loss as
+        ``Mask2FormerForUniversalSegmentation(pixel_values, mask_labels, class_labels).loss``, without a second
+        pass through the network (and under DistributedDataParallel, inside the wrapped forward)."""
+        if output.decoder_layer_predictions is None:
+            raise RuntimeError("Mask2Former's loss needs every decoder layer's predictions, which the segmenter "
+                               "returns in training mode only: call .train() before the forward pass")
         mask_labels, class_labels = [], []
         for label in labels:
             classes = [c for c in label.unique().tolist() if c not in ignore]
             mask_labels.append(torch.stack([(label == c).float() for c in classes]) if classes
                                else label.new_zeros((0, *label.shape), dtype=torch.float32))
             class_labels.append(torch.tensor(classes, dtype=torch.long, device=label.device))
-        return self.model(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
+        layers = output.decoder_layer_predictions
+        auxiliary = [{"class_queries_logits": c, "masks_queries_logits": m} for c, m in layers[:-1]]
+        losses = self.model.get_loss_dict(masks_queries_logits=output.masks_queries_logits,
+                                          class_queries_logits=output.class_queries_logits, mask_labels=mask_labels,
+                                          class_labels=class_labels, auxiliary_predictions=auxiliary)
+        return self.model.get_loss(losses)
 
 
 def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

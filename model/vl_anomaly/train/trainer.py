@@ -159,11 +159,12 @@ def _load(out: Path, model, optimizer) -> int:
     return int(meta["iteration"])
 
 
-def _segmenter_loss(segmenter, images: torch.Tensor, output, labels: torch.Tensor) -> torch.Tensor:
-    """The segmenter's own loss when it trains: Mask2Former's (matching, CE, BCE, dice), else pixel CE on its
-    logits (the ESPNet recipes' loss); void and pasted outliers ignored."""
+def _segmenter_loss(segmenter, output, labels: torch.Tensor) -> torch.Tensor:
+    """The segmenter's own loss when it trains, from the forward pass already made: Mask2Former's (matching, CE,
+    BCE, dice, per decoder layer), else pixel CE on its logits (the ESPNet recipes' loss); void and pasted outliers
+    ignored."""
     if hasattr(segmenter, "segmentation_loss"):
-        return segmenter.segmentation_loss(images, labels)
+        return segmenter.segmentation_loss(output.base, labels)
     target = torch.where(labels == OUTLIER_LABEL, torch.full_like(labels, 255), labels)
     return torch.nn.functional.cross_entropy(output.base.logits.float(), target, ignore_index=255)
 
@@ -248,7 +249,7 @@ def train(cfg: TrainCfg, progress: bool = True, max_steps: int | None = None) ->
                 output = trained(images)
                 terms = {"pixel": cfg.loss_pixel * pixel_alignment_loss(output.s_pix.float(), labels)}
                 if not cfg.freeze_segmenter and cfg.loss_segmenter > 0:
-                    terms["segmenter"] = cfg.loss_segmenter * _segmenter_loss(model.segmenter, images, output, labels)
+                    terms["segmenter"] = cfg.loss_segmenter * _segmenter_loss(model.segmenter, output, labels)
                 if output.s_mask is not None and cfg.loss_mask_text > 0:
                     terms["mask_text"] = cfg.loss_mask_text * mask_text_loss(
                         output.s_mask.float(), output.base.masks_queries_logits.float(), labels)
