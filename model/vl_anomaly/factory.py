@@ -286,7 +286,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                      onnx_path: str | Path | None = None, precision: str = "fp16",
                      fusion: str | Path | FusionCfg | None = None,
                      clip_weights: str | Path | None = "default",
-                     force_engine_update: bool = False, provider_fallback: str = "warn") -> AnomalyPredictor:
+                     force_engine_update: bool = False, provider_fallback: str = "warn",
+                     channels_last: bool | None = None) -> AnomalyPredictor:
     """Model + pre-processing + score + post-processing in one :class:`AnomalyPredictor`.
 
     ``score`` defaults to the model's (:func:`default_score`); ``threshold``, ``min_area_px``, ``drivable_only`` and
@@ -301,7 +302,8 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
     matches. ``provider_fallback`` (``warn`` / ``error``): ONNX Runtime, when a requested GPU provider did not load.
     ``fusion`` (score ``fused``): a :class:`~vl_anomaly.fusion.FusionCfg`, a YAML file or a shipped config name
     (:func:`vl_anomaly.fusion.list_fusion_configs`); default: the model config's ``fusion`` section, else the
-    shipped config named after the model. ``clip_weights``: see :func:`create_model`.
+    shipped config named after the model. ``clip_weights``: see :func:`create_model`. ``channels_last``: the
+    PyTorch backend's memory format (:class:`AnomalyPredictor`; default: channels-last on the CPU for the networks that prefer it).
     """
     check_backend(backend)
     if force_engine_update and backend != "tensorrt":
@@ -333,7 +335,7 @@ def create_predictor(name: str = DEFAULT_MODEL, weights: str | Path | None = "de
                                     provider_fallback=provider_fallback,
                                     parity_pixels=lambda: preprocess(parity_frame(), preprocess_cfg))
     return AnomalyPredictor(model, preprocess_cfg, score=score, postprocess_cfg=post, device=device, name=name,
-                            scoring=scoring)
+                            scoring=scoring, channels_last=channels_last)
 
 
 def default_scoring(name: str, fusion: str | Path | FusionCfg | None = None) -> ScoringCfg:

@@ -138,3 +138,28 @@ def test_lite_models_segment_the_road(predictors, anomaly_val):
                  for image, argmax in zip(fs_static, reference_argmax)]
         assert hit / total >= min_road, (name, hit / total)
         assert np.mean(agree) >= 0.85, (name, agree)
+
+
+def test_channels_last_is_the_cpu_default_where_it_is_faster_and_changes_no_result(road_obstacle_image):
+    """ESPNet and ESPNetv2 (and the VL model on ESPNetv2) run channels-last on the CPU by default, DiCENet and
+    exported graphs as they are; on a real frame the channels-last score map equals the contiguous one to float
+    rounding and every pixel keeps its class."""
+    from vl_anomaly import create_model
+    from vl_anomaly.factory import get_preprocess_cfg
+    from vl_anomaly.pipeline import AnomalyPredictor
+
+    size = (256, 512)
+    for name in ("espnet_p2_q8_cityscapes", "espnetv2_s2.0_cityscapes"):
+        fast = create_predictor(name, input_size=size)
+        plain = create_predictor(name, input_size=size, channels_last=False)
+        assert fast.memory_format == torch.channels_last and plain.memory_format == torch.contiguous_format
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.model.parameters() if p.dim() == 4)
+        a, b = fast.predict(road_obstacle_image), plain.predict(road_obstacle_image)
+        assert float(np.abs(a.score_map - b.score_map).max()) < 1e-4, name
+        assert (a.semantic != b.semantic).mean() < 1e-4, name
+    assert create_predictor("dicenet_s1.75_cityscapes", input_size=size).memory_format == torch.contiguous_format
+    vl = create_model("vl_anomaly_espnetv2_vitb16", weights="untrained", clip_weights="none")
+    cfg = get_preprocess_cfg("vl_anomaly_espnetv2_vitb16", size)
+    assert AnomalyPredictor(vl, cfg, score="msp").memory_format == torch.channels_last
+    assert AnomalyPredictor(vl, cfg, score="msp", device="cpu", channels_last=False).memory_format \
+        == torch.contiguous_format

@@ -226,6 +226,9 @@ class ESPNetv2(nn.Module):
     """
 
     has_mask_queries = False
+    #: its convolutions run faster in the channels-last memory format on the CPU (AnomalyPredictor; measured,
+    #: docs/benchmarks.md)
+    prefers_channels_last = True
     feature_stride = 8
     size_divisor = 32
 

@@ -127,6 +127,11 @@ class VLAnomalyModel(nn.Module):
             self._anomaly_text = self.clip.encode_text(list(self.anomaly_prompts))
         return self._anomaly_text.to(self.text_embeddings.device)
 
+    @property
+    def prefers_channels_last(self) -> bool:
+        """Its segmenter's preference (the CLIP tower runs either way; AnomalyPredictor)."""
+        return getattr(self.segmenter, "prefers_channels_last", False)
+
     def set_segmenter_trainable(self, trainable: bool, frozen_modules: tuple[str, ...] | list[str] = ()) -> None:
         """Unfreeze (or freeze) the segmenter; CLIP stays frozen either way. ``frozen_modules`` names submodules of
         the segmenter (``named_modules`` names, e.g. ``base_net.level1``) that stay frozen — weights and BatchNorm
