@@ -107,11 +107,11 @@ class Mask2FormerSegmenter(nn.Module):
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, inner.pixel_decoder_last_hidden_state)
         semantic = semantic_from_queries(class_logits, mask_logits, pixel_values.shape[-2:])
         layers = None
-        if auxiliary:            # every decoder layer's predictions, for the auxiliary losses (segmentation_loss)
-            layers = tuple((self.model.class_predictor(states.transpose(0, 1)), masks) for states, masks in
-                           zip(inner.transformer_decoder_intermediate_states, inner.masks_queries_logits))
-        elif self.training:
-            layers = ((class_logits, mask_logits),)
+        if self.training:        # every decoder layer's predictions, for the auxiliary losses (segmentation_loss);
+            earlier = zip(inner.transformer_decoder_intermediate_states[:-1], inner.masks_queries_logits[:-1]) \
+                if auxiliary else ()                                 # the last layer's are the ones computed above
+            layers = (*((self.model.class_predictor(states.transpose(0, 1)), masks) for states, masks in earlier),
+                      (class_logits, mask_logits))
         return SegmenterOutput(logits=semantic, pixel_features=inner.pixel_decoder_last_hidden_state,
                                feature_stride=self.feature_stride, class_queries_logits=class_logits,
                                masks_queries_logits=mask_logits, query_embeddings=queries,
