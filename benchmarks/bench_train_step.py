@@ -28,7 +28,7 @@ import vl_anomaly  # noqa: E402
 import vl_learnability  # noqa: E402
 from vl_anomaly.cpu import cpu_model, set_threads  # noqa: E402
 from vl_anomaly.train.synthetic import write_cityscapes, write_coco_outliers  # noqa: E402
-from vl_anomaly.train.trainer import TrainCfg, train  # noqa: E402
+from vl_anomaly.train.trainer import train  # noqa: E402
 
 
 def time_training(arrangement: str, iterations: int, size: tuple[int, int], batch: int, scenes: int = 40,
@@ -39,15 +39,12 @@ def time_training(arrangement: str, iterations: int, size: tuple[int, int], batc
         work = Path(folder)
         write_cityscapes(work / "cityscapes", "train", scenes, size, 0)
         write_coco_outliers(work / "coco", vl_learnability.OUTLIER_IMAGES, seed=0)
-        name = vl_learnability.register_tiny(work, arrangement)
-        cfg = dict(model=name, cityscapes=str(work / "cityscapes"), coco=str(work / "coco"),
-                   weights="untrained" if arrangement == "espnetv2" else "none", clip_weights="default",
-                   paste_prob=0.8, paste_size=vl_learnability.PASTE_SIZE, paste_count=vl_learnability.PASTE_COUNT,
-                   freeze_segmenter=False, crop=size, min_scale=1.0, max_scale=1.0, batch_size=batch, lr=1e-3,
-                   workers=0, checkpoint_every=10 ** 9, seed=0)
-        train(TrainCfg(**cfg, iterations=warmup, output=str(work / "warmup")), progress=False)
+        vl_learnability.register_tiny(work, arrangement)
+        train(vl_learnability.train_cfg(work, work / "warmup", arrangement, size, warmup, batch=batch),
+              progress=False)
         start = time.perf_counter()
-        result = train(TrainCfg(**cfg, iterations=iterations, output=str(work / "timed")), progress=False)
+        result = train(vl_learnability.train_cfg(work, work / "timed", arrangement, size, iterations, batch=batch),
+                       progress=False)
         seconds = time.perf_counter() - start
     return {"seconds_per_iteration": round(seconds / iterations, 4), "first_loss": round(result["losses"][0], 4),
             "last_loss": round(result["losses"][-1], 4)}

@@ -148,6 +148,19 @@ def evaluate(weights: str, data: Path, out: Path, seed: int,
     return ap, {"form": fusion.form, "gate": fusion.gate, "weights": fusion.weights, "sum_weights": sum_only.weights}
 
 
+def train_cfg(data: Path, output: Path, arrangement: str, size: tuple[int, int], iterations: int, seed: int = 0,
+              frozen_modules: tuple[str, ...] | None = None, batch: int = 4) -> TrainCfg:
+    """The training of this study (head and segmenter together, outliers pasted, one checkpoint at the end) on
+    ``data/cityscapes`` and ``data/coco``, from the arrangement's starting weights (the real ESPNetv2's; no
+    Mask2Former weights exist here: random)."""
+    return TrainCfg(model=NAME, cityscapes=str(data / "cityscapes"), coco=str(data / "coco"), output=str(output),
+                    weights="untrained" if arrangement == "espnetv2" else "none", clip_weights="default",
+                    paste_prob=0.8, paste_size=PASTE_SIZE, paste_count=PASTE_COUNT, freeze_segmenter=False,
+                    segmenter_frozen_modules=tuple(frozen_modules or ()), crop=size, min_scale=1.0, max_scale=1.0,
+                    iterations=iterations, batch_size=batch, lr=1e-3, workers=0, checkpoint_every=iterations,
+                    log_every=50, seed=seed, resume=False)
+
+
 def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
         sizes: tuple[int, int, int] | None = None, arrangement: str = "espnetv2",
         size: tuple[int, int] | None = None, frozen_modules: tuple[str, ...] | None = None) -> dict:
@@ -165,14 +178,8 @@ def run(quick: bool, workdir: Path, seed: int = 0, progress: bool = True,
     write_anomaly_set(data / "validation", n_test, size, seed + 2, objects=(TRAIN_OUTLIERS[0], None))
     write_anomaly_set(data / "novel", n_test, size, seed + 1)
     register_tiny(workdir, arrangement)
-    start_weights = "untrained" if arrangement == "espnetv2" else "none"      # no Mask2Former weights exist here
-    untrained, untrained_fusion = evaluate(start_weights, data, workdir / "eval_untrained", seed, size)
-    cfg = TrainCfg(model=NAME, cityscapes=str(data / "cityscapes"), coco=str(data / "coco"),
-                   output=str(workdir / "train"), weights=start_weights, clip_weights="default", paste_prob=0.8,
-                   paste_size=PASTE_SIZE, paste_count=PASTE_COUNT, freeze_segmenter=False,
-                   segmenter_frozen_modules=tuple(frozen_modules or ()),
-                   crop=size, min_scale=1.0, max_scale=1.0, iterations=iterations, batch_size=4, lr=1e-3,
-                   workers=0, checkpoint_every=iterations, log_every=50, seed=seed, resume=False)
+    cfg = train_cfg(data, workdir / "train", arrangement, size, iterations, seed, frozen_modules)
+    untrained, untrained_fusion = evaluate(cfg.weights, data, workdir / "eval_untrained", seed, size)
     t0 = time.perf_counter()
     history = train(cfg, progress=progress)
     train_s = time.perf_counter() - t0
